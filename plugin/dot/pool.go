@@ -1,0 +1,431 @@
+// Package dot keeps long-lived, pipelined DNS-over-TLS connections to one
+// upstream (RFC 7858, RFC 7766) and exchanges queries over them.
+//
+// A Pool carries many queries in flight on each connection and matches the
+// answers by ID, in any order. It opens another connection only when every open
+// one holds MaxInflight queries, up to MaxConns; a query that finds the pool
+// full waits within its deadline. Dials are single-flight, so a burst of
+// queries never opens a storm of handshakes, and back off after a failure, so a
+// server that fails validation is not hammered. A TLS session cache makes
+// reconnects cheap. A connection that dies takes its queries with it; Exchange
+// sends each of them once more on another connection.
+package dot
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// Defaults for the zero fields of Config.
+const (
+	DefaultMaxConns    = 4
+	DefaultMaxInflight = 256
+	DefaultTimeout     = 2 * time.Second
+	DefaultExpire      = 10 * time.Second
+
+	minBackoff = 250 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// Config configures a Pool.
+type Config struct {
+	Addr string      // upstream host:port
+	TLS  *tls.Config // used as is; must verify the server (see package pin)
+
+	MaxConns    int           // connections at most; default DefaultMaxConns
+	MaxInflight int           // queries in flight per connection; default DefaultMaxInflight
+	Timeout     time.Duration // dial and handshake, and an Exchange whose context has no deadline; default DefaultTimeout
+	Expire      time.Duration // close a connection idle this long; default DefaultExpire, negative never
+
+	Events Events
+}
+
+// Events receives what happens to the pool's connections. Nil funcs are
+// skipped. They are called without locks held, from the pool's goroutines.
+type Events struct {
+	// Dialed reports the outcome of a dial and TLS handshake.
+	Dialed func(err error, resumed bool)
+	// Closed reports that a connection Dialed reported as open has closed.
+	Closed func(err error)
+}
+
+// Errors an Exchange can return besides its context's.
+var (
+	ErrClosed    = errors.New("dot: pool closed")
+	errConnLost  = errors.New("connection lost before the answer")
+	errStalled   = errors.New("upstream stopped answering on the connection")
+	errBadAnswer = errors.New("bad answer")
+	errExpired   = errors.New("idle connection expired")
+)
+
+// Pool is a set of connections to one upstream. Its methods are safe for
+// concurrent use.
+type Pool struct {
+	cfg    Config
+	ctx    context.Context // cancelled by Close, to abort a dial
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // dials, readers and the janitor
+
+	mu      sync.Mutex // guards the fields below and every conn's call table
+	conns   []*conn    // open connections, oldest first
+	dialing bool
+	dialErr error     // the last dial's failure; nil after a success
+	retryAt time.Time // no dial before this, after a failure
+	backoff time.Duration
+	wake    chan struct{} // closed to wake queries waiting for a slot; nil if none wait
+	started bool
+	closed  bool
+}
+
+// New returns a pool for cfg. It dials nothing until Start or Exchange.
+func New(cfg Config) *Pool {
+	if cfg.MaxConns <= 0 {
+		cfg.MaxConns = DefaultMaxConns
+	}
+	if cfg.MaxInflight <= 0 {
+		cfg.MaxInflight = DefaultMaxInflight
+	}
+	if cfg.Timeout <= 0 {
+		cfg.Timeout = DefaultTimeout
+	}
+	if cfg.Expire == 0 {
+		cfg.Expire = DefaultExpire
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Pool{cfg: cfg, ctx: ctx, cancel: cancel}
+}
+
+// Addr returns the upstream's address.
+func (p *Pool) Addr() string { return p.cfg.Addr }
+
+// Start opens the first connection in the background, so the first query does
+// not wait for a handshake, and starts closing idle connections. Calling it
+// again does nothing.
+func (p *Pool) Start() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started || p.closed {
+		return
+	}
+	p.started = true
+	if len(p.conns) == 0 && !p.dialing {
+		p.startDialLocked()
+	}
+	if p.cfg.Expire > 0 {
+		p.wg.Add(1)
+		go p.janitor()
+	}
+}
+
+// Close closes every connection, fails the queries in flight with ErrClosed,
+// and returns once every goroutine of the pool has ended. Calling it again does
+// nothing.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	conns := p.conns
+	p.conns = nil
+	p.wakeLocked()
+	p.mu.Unlock()
+
+	p.cancel()
+	for _, c := range conns {
+		p.connFailed(c, ErrClosed)
+	}
+	p.wg.Wait()
+}
+
+// Stats is a snapshot of a pool.
+type Stats struct {
+	Conns    int // open connections
+	Inflight int // queries in flight
+}
+
+// Stats returns the pool's current figures.
+func (p *Pool) Stats() Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := Stats{Conns: len(p.conns)}
+	for _, c := range p.conns {
+		s.Inflight += len(c.calls)
+	}
+	return s
+}
+
+// Exchange sends q and returns the answer with the ID of q's message. The
+// answer is checked: one that does not unpack or does not answer q's question
+// is never returned. A query whose connection dies, or brings a bad answer, is
+// sent once more on another connection within ctx's deadline.
+func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, p.cfg.Timeout)
+		defer cancel()
+	}
+	cl := callPool.Get().(*call)
+	cl.wbuf = append(cl.wbuf[:0], q.frame...)
+	defer callPool.Put(cl) // every path below leaves cl out of any table with ch drained
+
+	for retried := false; ; retried = true {
+		c, err := p.reserve(ctx, cl)
+		if err != nil {
+			return nil, err
+		}
+		buf, err := p.roundTrip(ctx, c, cl)
+		if err == nil {
+			a := new(dns.Msg)
+			if uerr := a.Unpack(buf); uerr != nil {
+				err = fmt.Errorf("%w: %w", errBadAnswer, uerr)
+			} else if !q.match(a) {
+				err = fmt.Errorf("%w: it does not match the question", errBadAnswer)
+			} else {
+				a.Id = q.msg.Id
+				return a, nil
+			}
+			// A connection that brings a bad answer cannot be trusted with
+			// the other queries in flight on it either.
+			p.connFailed(c, err)
+		}
+		retryable := errors.Is(err, errConnLost) || errors.Is(err, errBadAnswer)
+		if retried || !retryable || ctx.Err() != nil {
+			return nil, err
+		}
+	}
+}
+
+// reserve finds a connection with a free slot, or waits for one, and enters
+// cl in its call table under a fresh ID.
+func (p *Pool) reserve(ctx context.Context, cl *call) (*conn, error) {
+	p.mu.Lock()
+	for {
+		if p.closed {
+			p.mu.Unlock()
+			return nil, ErrClosed
+		}
+		if c := p.pickLocked(); c != nil {
+			id := c.allocIDLocked()
+			binary.BigEndian.PutUint16(cl.wbuf[2:], id)
+			c.calls[id] = cl
+			c.sent++
+			p.mu.Unlock()
+			return c, nil
+		}
+		if !p.dialing && len(p.conns) < p.cfg.MaxConns {
+			if time.Now().Before(p.retryAt) {
+				if len(p.conns) == 0 { // backing off, nothing open: fail now
+					err := p.dialErr
+					p.mu.Unlock()
+					return nil, err
+				}
+			} else {
+				p.startDialLocked()
+			}
+		}
+		if p.wake == nil {
+			p.wake = make(chan struct{})
+		}
+		wake := p.wake
+		p.mu.Unlock()
+		select {
+		case <-wake:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		p.mu.Lock()
+	}
+}
+
+// pickLocked returns the oldest open connection with a free slot. Filling the
+// oldest first keeps the number of connections low; the others expire.
+func (p *Pool) pickLocked() *conn {
+	for _, c := range p.conns {
+		if len(c.calls) < p.cfg.MaxInflight {
+			return c
+		}
+	}
+	return nil
+}
+
+// roundTrip writes cl on c and waits for its answer.
+func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error) {
+	deadline, _ := ctx.Deadline()
+	if err := c.write(cl, deadline); err != nil {
+		p.connFailed(c, err) // completes cl, among others
+		r := <-cl.ch
+		return nil, r.err
+	}
+	select {
+	case r := <-cl.ch:
+		return r.buf, r.err
+	case <-ctx.Done():
+	}
+	id := binary.BigEndian.Uint16(cl.wbuf[2:])
+	p.mu.Lock()
+	owned := c.calls[id] == cl
+	if owned {
+		delete(c.calls, id)
+		p.wakeLocked()
+	}
+	p.mu.Unlock()
+	if !owned { // completed meanwhile: the result is on its way
+		r := <-cl.ch
+		return r.buf, r.err
+	}
+	if c.lastRead.Load() < cl.sent {
+		// Nothing came back on c since this query left, for a whole timeout:
+		// the upstream has stopped answering there. Replace the connection
+		// rather than wait for TCP to notice.
+		p.connFailed(c, errStalled)
+	}
+	return nil, ctx.Err()
+}
+
+// complete removes and returns the call for id on c, or nil.
+func (p *Pool) complete(c *conn, id uint16) *call {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	cl := c.calls[id]
+	if cl != nil {
+		delete(c.calls, id)
+		c.lastUsed = time.Now()
+		p.wakeLocked()
+	}
+	return cl
+}
+
+// connFailed closes c, if still open, and completes every call in flight on it
+// with an error wrapping errConnLost and cause.
+func (p *Pool) connFailed(c *conn, cause error) {
+	p.mu.Lock()
+	if c.closed {
+		p.mu.Unlock()
+		return
+	}
+	c.closed = true
+	for i, x := range p.conns {
+		if x == c {
+			p.conns = append(p.conns[:i], p.conns[i+1:]...)
+			break
+		}
+	}
+	calls := c.calls
+	c.calls = nil
+	p.wakeLocked()
+	p.mu.Unlock()
+
+	c.raw.Close() // unblocks the reader; skips close_notify, which could block
+	err := fmt.Errorf("%w: %w", errConnLost, cause)
+	for _, cl := range calls {
+		cl.ch <- result{err: err}
+	}
+	if p.cfg.Events.Closed != nil {
+		p.cfg.Events.Closed(cause)
+	}
+}
+
+// wakeLocked wakes every query waiting for a slot or a dial.
+func (p *Pool) wakeLocked() {
+	if p.wake != nil {
+		close(p.wake)
+		p.wake = nil
+	}
+}
+
+func (p *Pool) startDialLocked() {
+	p.dialing = true
+	p.wg.Add(1)
+	go p.dial()
+}
+
+// dial opens one connection and adds it to the pool.
+func (p *Pool) dial() {
+	defer p.wg.Done()
+	c, err := p.dialConn()
+	resumed := err == nil && c.tc.ConnectionState().DidResume
+
+	p.mu.Lock()
+	p.dialing = false
+	switch {
+	case p.closed:
+		if c != nil {
+			c.raw.Close()
+		}
+		err = ErrClosed
+	case err != nil:
+		p.dialErr = err
+		p.backoff = min(max(2*p.backoff, minBackoff), maxBackoff)
+		p.retryAt = time.Now().Add(p.backoff)
+	default:
+		p.dialErr, p.backoff, p.retryAt = nil, 0, time.Time{}
+		p.conns = append(p.conns, c)
+		p.wg.Add(1)
+		go c.readLoop()
+	}
+	p.wakeLocked()
+	p.mu.Unlock()
+
+	if p.cfg.Events.Dialed != nil && !errors.Is(err, ErrClosed) {
+		p.cfg.Events.Dialed(err, resumed)
+	}
+}
+
+// dialConn connects and completes the TLS handshake, so that nothing is ever
+// written to a server that has not been verified.
+func (p *Pool) dialConn() (*conn, error) {
+	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
+	defer cancel()
+	d := net.Dialer{KeepAlive: 15 * time.Second}
+	raw, err := d.DialContext(ctx, "tcp", p.cfg.Addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, p.cfg.TLS)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return &conn{pool: p, raw: raw, tc: tc, calls: make(map[uint16]*call), lastUsed: time.Now()}, nil
+}
+
+// janitor closes idle connections until the pool closes.
+func (p *Pool) janitor() {
+	defer p.wg.Done()
+	t := time.NewTicker(max(p.cfg.Expire/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case now := <-t.C:
+			p.expireIdle(now)
+		}
+	}
+}
+
+// expireIdle closes the connections that have had no query in flight since
+// Expire before now.
+func (p *Pool) expireIdle(now time.Time) {
+	var idle []*conn
+	p.mu.Lock()
+	for _, c := range p.conns {
+		if len(c.calls) == 0 && now.Sub(c.lastUsed) >= p.cfg.Expire {
+			idle = append(idle, c)
+		}
+	}
+	p.mu.Unlock()
+	for _, c := range idle {
+		p.connFailed(c, errExpired)
+	}
+}

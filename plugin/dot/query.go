@@ -1,0 +1,71 @@
+package dot
+
+import (
+	"encoding/binary"
+	"errors"
+	"strings"
+	"sync"
+
+	"github.com/miekg/dns"
+)
+
+// maxQueryLen bounds a query we send: larger ones cannot be a client's query.
+const maxQueryLen = dns.MaxMsgSize
+
+// Query is a client query packed once, ready to be sent on any connection of
+// any pool, any number of times. Each send copies the frame and writes its own
+// ID into the copy, so one Query can be in flight on several upstreams at
+// once. A Query is not changed by Exchange and can be used concurrently.
+type Query struct {
+	msg   *dns.Msg
+	frame []byte  // two-byte length, then the packed message
+	bp    *[]byte // frame's pooled buffer; nil when frame was allocated
+}
+
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 2+1232); return &b }}
+
+// ErrInvalidQuery reports a query that cannot be forwarded: it does not pack,
+// or it does not hold exactly one question.
+var ErrInvalidQuery = errors.New("dot: invalid query")
+
+// NewQuery packs m. The message must not change while the Query is in use.
+// Call Release when done.
+func NewQuery(m *dns.Msg) (*Query, error) {
+	if len(m.Question) != 1 {
+		return nil, ErrInvalidQuery
+	}
+	bp := framePool.Get().(*[]byte)
+	buf := (*bp)[:cap(*bp)]
+	packed, err := m.PackBuffer(buf[2:])
+	if err != nil || len(packed) > maxQueryLen {
+		framePool.Put(bp)
+		return nil, ErrInvalidQuery
+	}
+	q := &Query{msg: m, frame: buf[:2+len(packed)], bp: bp}
+	if &packed[0] != &buf[2] { // did not fit: PackBuffer allocated
+		framePool.Put(bp)
+		q.frame, q.bp = append(make([]byte, 2, 2+len(packed)), packed...), nil
+	}
+	binary.BigEndian.PutUint16(q.frame, uint16(len(packed)))
+	return q, nil
+}
+
+// Msg returns the query's message.
+func (q *Query) Msg() *dns.Msg { return q.msg }
+
+// Release returns the query's buffer for reuse. The Query must not be used after.
+func (q *Query) Release() {
+	if q.bp != nil {
+		framePool.Put(q.bp)
+	}
+	q.frame, q.bp = nil, nil
+}
+
+// match reports whether a is a response to q's question.
+func (q *Query) match(a *dns.Msg) bool {
+	if !a.Response || a.Opcode != q.msg.Opcode || len(a.Question) != 1 {
+		return false
+	}
+	aq, qq := a.Question[0], q.msg.Question[0]
+	return aq.Qtype == qq.Qtype && aq.Qclass == qq.Qclass && strings.EqualFold(aq.Name, qq.Name)
+}
