@@ -21,6 +21,7 @@ type conn struct {
 
 	wmu sync.Mutex // serializes writes to tc
 
+	born     time.Time    // when the handshake completed
 	lastRead atomic.Int64 // unix nanoseconds of the last answer read
 
 	// Guarded by pool.mu.

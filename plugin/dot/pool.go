@@ -178,8 +178,13 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 	cl.wbuf = append(cl.wbuf[:0], q.frame...)
 	defer callPool.Put(cl) // every path below leaves cl out of any table with ch drained
 
-	for retried := false; ; retried = true {
-		c, err := p.reserve(ctx, cl)
+	var failed *conn // the connection of the first try, when it died
+	for {
+		var notBefore time.Time
+		if failed != nil {
+			notBefore = failed.born.Add(1)
+		}
+		c, err := p.reserve(ctx, cl, notBefore)
 		if err != nil {
 			return nil, err
 		}
@@ -199,22 +204,26 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 			p.connFailed(c, err)
 		}
 		retryable := errors.Is(err, errConnLost) || errors.Is(err, errBadAnswer)
-		if retried || !retryable || ctx.Err() != nil {
+		if failed != nil || !retryable || ctx.Err() != nil {
 			return nil, err
 		}
+		failed = c
 	}
 }
 
 // reserve finds a connection with a free slot, or waits for one, and enters
-// cl in its call table under a fresh ID.
-func (p *Pool) reserve(ctx context.Context, cl *call) (*conn, error) {
+// cl in its call table under a fresh ID. A query being resent asks for a
+// connection born after notBefore, as the one that failed it may have died of
+// a per-connection query limit that its peers are close to as well; when the
+// pool is full of older ones, any will do.
+func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*conn, error) {
 	p.mu.Lock()
 	for {
 		if p.closed {
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
-		if c := p.pickLocked(); c != nil {
+		if c := p.pickLocked(notBefore); c != nil {
 			id := c.allocIDLocked()
 			binary.BigEndian.PutUint16(cl.wbuf[2:], id)
 			c.calls[id] = cl
@@ -232,6 +241,11 @@ func (p *Pool) reserve(ctx context.Context, cl *call) (*conn, error) {
 			} else {
 				p.startDialLocked()
 			}
+		} else if !p.dialing {
+			notBefore = time.Time{}
+			if p.pickLocked(notBefore) != nil {
+				continue
+			}
 		}
 		if p.wake == nil {
 			p.wake = make(chan struct{})
@@ -247,11 +261,12 @@ func (p *Pool) reserve(ctx context.Context, cl *call) (*conn, error) {
 	}
 }
 
-// pickLocked returns the oldest open connection with a free slot. Filling the
-// oldest first keeps the number of connections low; the others expire.
-func (p *Pool) pickLocked() *conn {
+// pickLocked returns the oldest open connection born after notBefore with a
+// free slot. Filling the oldest first keeps the number of connections low; the
+// others expire.
+func (p *Pool) pickLocked(notBefore time.Time) *conn {
 	for _, c := range p.conns {
-		if len(c.calls) < p.cfg.MaxInflight {
+		if len(c.calls) < p.cfg.MaxInflight && !c.born.Before(notBefore) {
 			return c
 		}
 	}
@@ -396,7 +411,8 @@ func (p *Pool) dialConn() (*conn, error) {
 		raw.Close()
 		return nil, err
 	}
-	return &conn{pool: p, raw: raw, tc: tc, calls: make(map[uint16]*call), lastUsed: time.Now()}, nil
+	now := time.Now()
+	return &conn{pool: p, raw: raw, tc: tc, calls: make(map[uint16]*call), born: now, lastUsed: now}, nil
 }
 
 // janitor closes idle connections until the pool closes.
