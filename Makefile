@@ -1,0 +1,33 @@
+# dotstub: CoreDNS with the dotstub plugin.
+#   make build   build ./coredns
+#   make run     build, then serve Corefile.example (PORT=53 by default)
+#   make test    install what the tests need, then vet and run every test with -race
+#   make demo    a local DoT upstream, ./coredns in front, a few queries; no internet
+#   make clean   remove what the build wrote
+
+GO      ?= go
+PORT    ?= 53
+COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
+VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT) -X main.version=$(VERSION)
+
+.PHONY: build run test demo clean
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o coredns ./cmd/coredns
+
+run: build
+	./coredns -conf Corefile.example -dns.port $(PORT)
+
+test:
+	scripts/need.sh gcc:gcc
+	$(GO) vet ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+
+demo: build
+	scripts/need.sh kdig:knot-dnsutils curl:curl
+	$(GO) build -o dotupstream ./cmd/dotupstream
+	scripts/demo.sh
+
+clean:
+	rm -f coredns dotupstream
