@@ -3,6 +3,7 @@ package dotstub
 import (
 	"crypto/tls"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"path/filepath"
@@ -69,6 +70,7 @@ func parse(c *caddy.Controller) ([]*Dotstub, error) {
 
 // options holds what a stanza says that is only needed to build upstreams.
 type options struct {
+	to          []target    // TO, read before the block
 	tls         *tls.Config // from the tls option; nil means system roots
 	serverName  string      // tls_servername
 	pins        pin.Set
@@ -79,33 +81,36 @@ type options struct {
 	maxInflight int
 }
 
+// target is one TO argument, parsed.
+type target struct {
+	to, addr, serverName string // as configured; host:port; "" if not given
+}
+
 func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 	d := New()
 	opts := options{maxFails: upstream.DefaultMaxFails, healthCheck: upstream.DefaultHealthCheck, expire: dot.DefaultExpire}
 
 	var from string
 	if !c.Args(&from) {
-		return nil, c.ArgErr()
+		return nil, argErr(c, "FROM")
 	}
 	zones := plugin.Host(from).NormalizeExact()
 	if len(zones) == 0 {
 		return nil, c.Errf("FROM: %q is not a domain name", from)
 	}
+	if len(zones) > 1 {
+		return nil, c.Errf("FROM: %q spans %d zones; give each its own stanza", from, len(zones))
+	}
 	d.from = zones[0]
 
 	to := c.RemainingArgs()
 	if len(to) == 0 {
-		return nil, c.ArgErr()
+		return nil, argErr(c, "TO")
 	}
 	if len(to) > maxUpstreams {
 		return nil, c.Errf("TO: %d upstreams, at most %d are allowed", len(to), maxUpstreams)
 	}
-	for c.NextBlock() {
-		if err := parseOption(c, d, &opts); err != nil {
-			return nil, err
-		}
-	}
-
+	// Read TO before the block, so that its errors name its line.
 	seen := map[string]bool{}
 	for _, s := range to {
 		addr, name, err := parseTo(s)
@@ -116,30 +121,40 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 			return nil, c.Errf("TO: %q is given twice", s)
 		}
 		seen[addr] = true
-		if name != "" && opts.serverName != "" {
-			return nil, c.Errf("tls_servername: %q conflicts with the server name %q in %q; give one or the other", opts.serverName, name, s)
+		opts.to = append(opts.to, target{to: s, addr: addr, serverName: name})
+	}
+	for c.NextBlock() {
+		if err := parseOption(c, d, &opts); err != nil {
+			return nil, err
 		}
+	}
+
+	if opts.healthCheck == 0 { // no health checks: never skip an upstream
+		opts.maxFails = 0
+	}
+	for _, t := range opts.to {
+		name := t.serverName
 		if name == "" {
 			name = opts.serverName
 		}
 		if name == "" {
 			// No name given: verify the certificate against the IP address.
-			host, _, _ := net.SplitHostPort(addr)
+			host, _, _ := net.SplitHostPort(t.addr)
 			name = host
 		}
 		d.upstreams = append(d.upstreams, upstream.New(upstream.Config{
-			Name:        s,
+			Name:        t.to,
 			MaxFails:    opts.maxFails,
 			HealthCheck: opts.healthCheck,
-			Probed:      probed(s),
+			Probed:      probed(t.to),
 			Pool: dot.Config{
-				Addr:        addr,
+				Addr:        t.addr,
 				TLS:         clientTLS(opts.tls, name, opts.pins),
 				MaxConns:    opts.maxConns,
 				MaxInflight: opts.maxInflight,
 				Timeout:     d.timeout,
 				Expire:      opts.expire,
-				Events:      poolEvents(s),
+				Events:      poolEvents(t.to),
 			},
 		}))
 	}
@@ -167,7 +182,7 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 	case "except":
 		names := c.RemainingArgs()
 		if len(names) == 0 {
-			return c.ArgErr()
+			return argErr(c, opt)
 		}
 		for _, n := range names {
 			zones := plugin.Host(n).NormalizeExact()
@@ -179,7 +194,7 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 	case "tls":
 		args := c.RemainingArgs()
 		if len(args) > 3 {
-			return c.ArgErr()
+			return argErr(c, opt)
 		}
 		root := dnsserver.GetConfig(c).Root
 		for i := range args {
@@ -195,16 +210,22 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 	case "tls_servername":
 		var name string
 		if !c.Args(&name) || c.NextArg() {
-			return c.ArgErr()
+			return argErr(c, opt)
 		}
-		if _, ok := dns.IsDomainName(name); !ok || strings.Contains(name, "/") {
+		if _, ok := dns.IsDomainName(name); !ok || strings.Contains(name, "/") || strings.TrimSuffix(name, ".") == "" {
 			return c.Errf("tls_servername: %q is not a server name", name)
 		}
-		o.serverName = strings.TrimSuffix(name, ".")
+		name = strings.TrimSuffix(name, ".")
+		for _, t := range o.to {
+			if t.serverName != "" {
+				return c.Errf("tls_servername: %q conflicts with the server name %q in %q; give one or the other", name, t.serverName, t.to)
+			}
+		}
+		o.serverName = name
 	case "pin_sha256":
 		args := c.RemainingArgs()
 		if len(args) == 0 {
-			return c.ArgErr()
+			return argErr(c, opt)
 		}
 		pins, err := pin.ParseSet(append(pinStrings(o.pins), args...))
 		if err != nil {
@@ -214,7 +235,7 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 	case "policy":
 		var p string
 		if !c.Args(&p) || c.NextArg() {
-			return c.ArgErr()
+			return argErr(c, opt)
 		}
 		switch p {
 		case "random":
@@ -233,7 +254,7 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		}
 		o.healthCheck = dur
 	case "max_fails":
-		n, err := parseInt(c, 0, 1<<31)
+		n, err := parseInt(c, 0, math.MaxInt32)
 		if err != nil {
 			return err
 		}
@@ -245,7 +266,7 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		}
 		o.expire = dur
 	case "max_concurrent":
-		n, err := parseInt(c, 0, 1<<31)
+		n, err := parseInt(c, 0, math.MaxInt32)
 		if err != nil {
 			return err
 		}
@@ -274,6 +295,12 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 	return nil
 }
 
+// argErr is c.ArgErr naming the option or argument: after surplus arguments,
+// c.ArgErr names only the last of them.
+func argErr(c *caddy.Controller, what string) error {
+	return c.Errf("%s: wrong argument count", what)
+}
+
 func pinStrings(s pin.Set) []string {
 	out := make([]string, len(s))
 	for i, p := range s {
@@ -288,7 +315,7 @@ func parseDuration(c *caddy.Controller, least time.Duration) (time.Duration, err
 	opt := c.Val()
 	var s string
 	if !c.Args(&s) || c.NextArg() {
-		return 0, c.ArgErr()
+		return 0, argErr(c, opt)
 	}
 	dur, err := time.ParseDuration(s)
 	if err != nil {
@@ -309,7 +336,7 @@ func parseInt(c *caddy.Controller, least, most int) (int, error) {
 	opt := c.Val()
 	var s string
 	if !c.Args(&s) || c.NextArg() {
-		return 0, c.ArgErr()
+		return 0, argErr(c, opt)
 	}
 	n, err := strconv.Atoi(s)
 	if err != nil || n < least || n > most {
@@ -344,14 +371,14 @@ func parseTo(s string) (addr, serverName string, err error) {
 			serverName = strings.TrimSuffix(serverName, "]")
 			host = host[1:]
 		}
-		if _, ok := dns.IsDomainName(serverName); !ok || serverName == "" || strings.ContainsAny(serverName, "[]/") {
+		if _, ok := dns.IsDomainName(serverName); !ok || strings.TrimSuffix(serverName, ".") == "" || strings.ContainsAny(serverName, "[]/") {
 			return "", "", fmt.Errorf("%q: %q is not a server name", s, serverName)
 		}
 		serverName = strings.TrimSuffix(serverName, ".")
 	} else if h, p, err := net.SplitHostPort(rest); err == nil {
 		host, port = h, p
-	} else if bracketed {
-		host = strings.TrimSuffix(strings.TrimPrefix(host, "["), "]")
+	} else if bracketed && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
 	}
 	ip, err := netip.ParseAddr(host)
 	if err != nil || ip.Zone() != "" {
@@ -360,8 +387,10 @@ func parseTo(s string) (addr, serverName string, err error) {
 	if port == "" {
 		port = defaultPort
 	}
-	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
 		return "", "", fmt.Errorf("%q: %q is not a port", s, port)
 	}
-	return net.JoinHostPort(ip.String(), port), serverName, nil
+	// Spelled canonically, so that 853 and 0853 are the same upstream.
+	return net.JoinHostPort(ip.String(), strconv.Itoa(n)), serverName, nil
 }

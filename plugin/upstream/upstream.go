@@ -4,6 +4,7 @@
 package upstream
 
 import (
+	"cmp"
 	"context"
 	"sync"
 	"sync/atomic"
@@ -29,7 +30,8 @@ type Config struct {
 	// that marks the upstream down. Zero never marks it down.
 	MaxFails uint32
 	// HealthCheck is the interval between probes while the upstream is
-	// failing; default DefaultHealthCheck.
+	// failing. Zero never probes; set MaxFails to zero with it, or an upstream
+	// marked down stays down until every other one is down too.
 	HealthCheck time.Duration
 	// Probed, if set, is called after each health probe with its outcome.
 	Probed func(err error)
@@ -52,30 +54,33 @@ type Upstream struct {
 
 // New returns an upstream; Start starts it.
 func New(cfg Config) *Upstream {
-	if cfg.HealthCheck <= 0 {
-		cfg.HealthCheck = DefaultHealthCheck
-	}
 	return &Upstream{cfg: cfg, pool: dot.New(cfg.Pool), trigger: make(chan struct{}, 1), stop: make(chan struct{})}
 }
 
 // Name returns the upstream as configured.
 func (u *Upstream) Name() string { return u.cfg.Name }
 
+// Config returns the upstream's configuration, with its defaults applied.
+func (u *Upstream) Config() Config { return u.cfg }
+
 // Pool returns the upstream's connection pool.
 func (u *Upstream) Pool() *dot.Pool { return u.pool }
 
-// Start warms the pool and starts the prober.
+// Start warms the pool and starts the prober, if HealthCheck is set.
 func (u *Upstream) Start() {
 	u.pool.Start()
-	u.wg.Add(1)
-	go u.prober()
+	if u.cfg.HealthCheck > 0 {
+		u.wg.Add(1)
+		go u.prober()
+	}
 }
 
-// Stop stops the prober and closes the pool. It is safe to call more than once.
+// Stop closes the pool, which ends a probe in flight at once, and stops the
+// prober. It is safe to call more than once.
 func (u *Upstream) Stop() {
 	u.once.Do(func() { close(u.stop) })
-	u.wg.Wait()
 	u.pool.Close()
+	u.wg.Wait()
 }
 
 // Down reports whether the upstream has failed MaxFails times in a row.
@@ -136,7 +141,7 @@ func (u *Upstream) Probe() error {
 		return err
 	}
 	defer q.Release()
-	ctx, cancel := context.WithTimeout(context.Background(), u.cfg.HealthCheck)
+	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(u.cfg.HealthCheck, dot.DefaultTimeout))
 	defer cancel()
 	_, err = u.pool.Exchange(ctx, q)
 	if err == nil {

@@ -1,0 +1,501 @@
+package dotstub
+
+import (
+	"bytes"
+	"cmp"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+
+	"github.com/dotstub/dotstub/plugin/dot"
+	"github.com/dotstub/dotstub/plugin/dottest"
+	"github.com/dotstub/dotstub/plugin/upstream"
+)
+
+type parseTest struct {
+	name  string
+	input string
+	// wantErr is empty for success. Otherwise the message must hold
+	// "Testfile:<line> - Error during parsing: " + wantErr, so wantErr starts
+	// with the option (or argument) at fault.
+	wantErr string
+	line    int
+
+	// What the one stanza parses into. Zero means the default where noted.
+	from          string   // "" means "."
+	ignored       []string // except
+	upstreams     []string // "addr servername" of each upstream, in order
+	timeout       time.Duration
+	maxConcurrent int64
+	policy        string // "" means random
+
+	// The same for every upstream of the stanza.
+	maxFails    *uint32       // nil means upstream.DefaultMaxFails
+	healthCheck time.Duration // 0 means upstream.DefaultHealthCheck, negative none
+	expire      time.Duration // 0 means dot.DefaultExpire
+	maxConns    int           // 0 means the pool's default
+	maxInflight int           // 0 means the pool's default
+	pinned      bool          // TLS.VerifyConnection is set
+	rootCAs     bool          // TLS.RootCAs is set: tls with a CA
+	clientCert  bool          // TLS.Certificates holds one: tls with a cert and key
+}
+
+// block returns a stanza for . and 192.0.2.1 whose block holds lines, the
+// first on line 2.
+func block(lines ...string) string {
+	return "dotstub . 192.0.2.1 {\n" + strings.Join(lines, "\n") + "\n}"
+}
+
+// one is the upstream of block.
+var one = []string{"192.0.2.1:853 192.0.2.1"}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+var (
+	pinA = b64(bytes.Repeat([]byte{1}, 32))
+	pinB = b64(bytes.Repeat([]byte{2}, 32))
+)
+
+// ips returns n upstreams, 192.0.2.1 to 192.0.2.n, and what they parse into.
+func ips(n int) (to string, upstreams []string) {
+	s := make([]string, n)
+	for i := range s {
+		s[i] = fmt.Sprintf("192.0.2.%d", i+1)
+		upstreams = append(upstreams, s[i]+":853 "+s[i])
+	}
+	return strings.Join(s, " "), upstreams
+}
+
+// parseTests returns the table, with the files the tls rows name written to
+// a temporary directory.
+func parseTests(tb testing.TB) []parseTest {
+	tb.Helper()
+	ca, err := dottest.NewCA("ca.example")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	leaf, err := ca.Issue([]string{"client.example"}, time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	dir := tb.TempDir()
+	file := func(name string, data []byte) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			tb.Fatal(err)
+		}
+		return p
+	}
+	caFile := file("ca.pem", ca.PEM)
+	certFile := file("cert.pem", leaf.CertPEM)
+	keyFile := file("key.pem", leaf.KeyPEM)
+	notPEM := file("not.pem", []byte("not a certificate"))
+	missing := filepath.Join(dir, "missing.pem")
+	to15, ups15 := ips(15)
+	to16, _ := ips(16)
+
+	return []parseTest{
+		// Stanza: FROM and TO.
+		{name: "defaults", input: "dotstub . 192.0.2.1", upstreams: one},
+		{name: "from zone", input: "dotstub Example.ORG 192.0.2.1", from: "example.org.", upstreams: one},
+		{name: "from reverse", input: "dotstub 10.0.0.0/8 192.0.2.1", from: "10.in-addr.arpa.", upstreams: one},
+		{name: "to every spelling", input: "dotstub . tls://192.0.2.1 192.0.2.2:8853 tls://192.0.2.3%dns.example tls://192.0.2.4%dns.example.:8853 2001:db8::1 [2001:db8::2]:8853 tls://[2001:db8::3%dns.example]:8853",
+			upstreams: []string{
+				"192.0.2.1:853 192.0.2.1",
+				"192.0.2.2:8853 192.0.2.2",
+				"192.0.2.3:853 dns.example",
+				"192.0.2.4:8853 dns.example",
+				"[2001:db8::1]:853 2001:db8::1",
+				"[2001:db8::2]:8853 2001:db8::2",
+				"[2001:db8::3]:8853 dns.example",
+			}},
+		{name: "15 upstreams", input: "dotstub . " + to15, upstreams: ups15},
+		{name: "missing FROM", input: "dotstub", wantErr: "FROM: wrong argument count", line: 1},
+		{name: "FROM not a name", input: "dotstub example..org 192.0.2.1", wantErr: `FROM: "example..org" is not a domain name`, line: 1},
+		{name: "FROM several zones", input: "dotstub 10.0.0.0/15 192.0.2.1", wantErr: `FROM: "10.0.0.0/15" spans 2 zones`, line: 1},
+		{name: "missing TO", input: "dotstub .", wantErr: "TO: wrong argument count", line: 1},
+		{name: "missing TO before block", input: "dotstub . {\n}", wantErr: "TO: wrong argument count", line: 1},
+		{name: "more than 15 upstreams", input: "dotstub . " + to16, wantErr: "TO: 16 upstreams, at most 15 are allowed", line: 1},
+		{name: "plaintext upstream", input: "dotstub . dns://127.0.0.1", wantErr: `TO: "dns://127.0.0.1" is not a tls:// upstream`, line: 1},
+		{name: "plaintext upstream before block", input: "dotstub . 192.0.2.1 dns://127.0.0.1 {\npolicy random\n}", wantErr: `TO: "dns://127.0.0.1" is not a tls:// upstream`, line: 1},
+		{name: "hostname upstream", input: "dotstub . tls://dns.example", wantErr: `TO: "tls://dns.example": "dns.example" is not an IP address`, line: 1},
+		{name: "duplicate upstream", input: "dotstub . 192.0.2.1 tls://192.0.2.1:853", wantErr: `TO: "tls://192.0.2.1:853" is given twice`, line: 1},
+		{name: "duplicate upstream, port spelled with a zero", input: "dotstub . 192.0.2.1 192.0.2.1:0853", wantErr: `TO: "192.0.2.1:0853" is given twice`, line: 1},
+		{name: "error in second stanza", input: "dotstub . 192.0.2.1\ndotstub example.org dns://192.0.2.2", wantErr: `TO: "dns://192.0.2.2"`, line: 2},
+
+		// except
+		{name: "except", input: block("except Example.ORG example.net", "except 10.0.0.0/15"), upstreams: one,
+			ignored: []string{"example.org.", "example.net.", "0.10.in-addr.arpa.", "1.10.in-addr.arpa."}},
+		{name: "except without args", input: block("except"), wantErr: "except: wrong argument count", line: 2},
+		{name: "except not a name", input: block("except example..org"), wantErr: `except: "example..org" is not a domain name`, line: 2},
+
+		// tls
+		{name: "tls system roots", input: block("tls"), upstreams: one},
+		{name: "tls CA", input: block("tls " + caFile), upstreams: one, rootCAs: true},
+		{name: "tls client cert", input: block("tls " + certFile + " " + keyFile), upstreams: one, clientCert: true},
+		{name: "tls client cert and CA", input: block("tls " + certFile + " " + keyFile + " " + caFile), upstreams: one, rootCAs: true, clientCert: true},
+		{name: "tls 4 args", input: block("tls " + certFile + " " + keyFile + " " + caFile + " " + caFile), wantErr: "tls: wrong argument count", line: 2},
+		{name: "tls missing CA file", input: block("tls " + missing), wantErr: "tls: error reading " + missing, line: 2},
+		{name: "tls CA not PEM", input: block("tls " + notPEM), wantErr: "tls: could not read root certs", line: 2},
+		{name: "tls key missing", input: block("tls " + certFile + " " + missing), wantErr: "tls: could not load TLS cert", line: 2},
+
+		// tls_servername
+		{name: "tls_servername", input: "dotstub . 192.0.2.1 2001:db8::1 {\ntls_servername dns.example.\n}",
+			upstreams: []string{"192.0.2.1:853 dns.example", "[2001:db8::1]:853 dns.example"}},
+		{name: "tls_servername without arg", input: block("tls_servername"), wantErr: "tls_servername: wrong argument count", line: 2},
+		{name: "tls_servername 2 args", input: block("tls_servername a.example b.example"), wantErr: "tls_servername: wrong argument count", line: 2},
+		{name: "tls_servername not a name", input: block("tls_servername dns.example/x"), wantErr: `tls_servername: "dns.example/x" is not a server name`, line: 2},
+		{name: "tls_servername root", input: block("tls_servername ."), wantErr: `tls_servername: "." is not a server name`, line: 2},
+		{name: "tls_servername conflicts with %NAME", input: "dotstub . 192.0.2.1 tls://192.0.2.2%a.example {\npolicy random\ntls_servername b.example\n}",
+			wantErr: `tls_servername: "b.example" conflicts with the server name "a.example" in "tls://192.0.2.2%a.example"`, line: 3},
+
+		// pin_sha256
+		{name: "pin", input: block("pin_sha256 " + pinA), upstreams: one, pinned: true},
+		{name: "pins on one line", input: block("pin_sha256 sha256/" + pinA + " " + pinB), upstreams: one, pinned: true},
+		{name: "pins on two lines", input: block("pin_sha256 "+pinA, "pin_sha256 "+pinB), upstreams: one, pinned: true},
+		{name: "pin without args", input: block("pin_sha256"), wantErr: "pin_sha256: wrong argument count", line: 2},
+		{name: "pin not base64", input: block("pin_sha256 abc="), wantErr: `pin_sha256: "abc=" is not base64 of a 32-byte SHA-256 digest`, line: 2},
+		{name: "pin of 31 bytes", input: block("pin_sha256 " + b64(make([]byte, 31))), wantErr: "pin_sha256: " + strconv.Quote(b64(make([]byte, 31))) + " is not base64 of a 32-byte", line: 2},
+		{name: "duplicate pin", input: block("pin_sha256 " + pinA + " " + pinA), wantErr: "pin_sha256: " + strconv.Quote(pinA) + " is given twice", line: 2},
+		{name: "duplicate pin on two lines", input: block("pin_sha256 "+pinA, "pin_sha256 sha256/"+pinA), wantErr: `pin_sha256: "sha256/` + pinA + `" is given twice`, line: 3},
+
+		// policy
+		{name: "policy random", input: block("policy random"), upstreams: one, policy: "random"},
+		{name: "policy round_robin", input: block("policy round_robin"), upstreams: one, policy: "round_robin"},
+		{name: "policy sequential", input: block("policy sequential"), upstreams: one, policy: "sequential"},
+		{name: "policy unknown", input: block("policy first"), wantErr: `policy: "first" is not one of random, round_robin, sequential`, line: 2},
+		{name: "policy without arg", input: block("policy"), wantErr: "policy: wrong argument count", line: 2},
+		{name: "policy 2 args", input: block("policy random sequential"), wantErr: "policy: wrong argument count", line: 2},
+
+		// health_check
+		{name: "health_check", input: block("health_check 2s"), upstreams: one, healthCheck: 2 * time.Second},
+		{name: "health_check 0 disables health checks", input: block("health_check 0"), upstreams: one, healthCheck: -1, maxFails: new(uint32(0))},
+		{name: "health_check negative", input: block("health_check -1s"), wantErr: "health_check: -1s is negative", line: 2},
+		{name: "health_check not a duration", input: block("health_check 5"), wantErr: `health_check: "5" is not a duration`, line: 2},
+		{name: "health_check 2 args", input: block("health_check 1s 2s"), wantErr: "health_check: wrong argument count", line: 2},
+
+		// max_fails
+		{name: "max_fails", input: block("max_fails 5"), upstreams: one, maxFails: new(uint32(5))},
+		{name: "max_fails 0 never marks down", input: block("max_fails 0"), upstreams: one, maxFails: new(uint32(0))},
+		{name: "max_fails abc", input: block("max_fails abc"), wantErr: `max_fails: "abc" is not an integer from 0 to 2147483647`, line: 2},
+		{name: "max_fails negative", input: block("max_fails -1"), wantErr: `max_fails: "-1" is not an integer`, line: 2},
+		{name: "max_fails too big", input: block("max_fails 2147483648"), wantErr: `max_fails: "2147483648" is not an integer`, line: 2},
+		{name: "max_fails without arg", input: block("max_fails"), wantErr: "max_fails: wrong argument count", line: 2},
+
+		// expire
+		{name: "expire", input: block("expire 1m"), upstreams: one, expire: time.Minute},
+		{name: "expire 0", input: block("expire 0"), wantErr: "expire: 0s is less than 1ns", line: 2},
+		{name: "expire negative", input: block("expire -1s"), wantErr: "expire: -1s is less than 1ns", line: 2},
+		{name: "expire not a duration", input: block("expire soon"), wantErr: `expire: "soon" is not a duration`, line: 2},
+
+		// max_concurrent
+		{name: "max_concurrent", input: block("max_concurrent 1000"), upstreams: one, maxConcurrent: 1000},
+		{name: "max_concurrent 0 is no limit", input: block("max_concurrent 0"), upstreams: one},
+		{name: "max_concurrent negative", input: block("max_concurrent -1"), wantErr: `max_concurrent: "-1" is not an integer from 0 to 2147483647`, line: 2},
+		{name: "max_concurrent 2 args", input: block("max_concurrent 1 2"), wantErr: "max_concurrent: wrong argument count", line: 2},
+
+		// timeout
+		{name: "timeout", input: block("timeout 500ms"), upstreams: one, timeout: 500 * time.Millisecond},
+		{name: "timeout least", input: block("timeout 1ms"), upstreams: one, timeout: time.Millisecond},
+		{name: "timeout 0", input: block("timeout 0"), wantErr: "timeout: 0s is less than 1ms", line: 2},
+		{name: "timeout negative", input: block("timeout -2s"), wantErr: "timeout: -2s is less than 1ms", line: 2},
+		{name: "timeout not a duration", input: block("timeout 2"), wantErr: `timeout: "2" is not a duration such as 500ms or 10s`, line: 2},
+		{name: "timeout without arg", input: block("timeout"), wantErr: "timeout: wrong argument count", line: 2},
+		{name: "timeout 2 args", input: block("timeout 1s 2s"), wantErr: "timeout: wrong argument count", line: 2},
+
+		// max_conns
+		{name: "max_conns", input: block("max_conns 1"), upstreams: one, maxConns: 1},
+		{name: "max_conns most", input: block("max_conns 1024"), upstreams: one, maxConns: 1024},
+		{name: "max_conns 0", input: block("max_conns 0"), wantErr: `max_conns: "0" is not an integer from 1 to 1024`, line: 2},
+		{name: "max_conns 1025", input: block("max_conns 1025"), wantErr: `max_conns: "1025" is not an integer from 1 to 1024`, line: 2},
+
+		// max_inflight
+		{name: "max_inflight", input: block("max_inflight 1"), upstreams: one, maxInflight: 1},
+		{name: "max_inflight most", input: block("max_inflight 65535"), upstreams: one, maxInflight: 65535},
+		{name: "max_inflight 0", input: block("max_inflight 0"), wantErr: `max_inflight: "0" is not an integer from 1 to 65535`, line: 2},
+		{name: "max_inflight 70000", input: block("max_inflight 70000"), wantErr: `max_inflight: "70000" is not an integer from 1 to 65535`, line: 2},
+
+		{name: "unknown option", input: block("policy random", "health 1s"), wantErr: `unknown option "health"`, line: 3},
+
+		{name: "every option", input: "dotstub example.org tls://192.0.2.1 192.0.2.2:8853 {\n" +
+			"except a.example.org\n" +
+			"tls " + caFile + "\n" +
+			"tls_servername dns.example\n" +
+			"pin_sha256 " + pinA + "\n" +
+			"policy sequential\n" +
+			"health_check 250ms\n" +
+			"max_fails 3\n" +
+			"expire 30s\n" +
+			"max_concurrent 100\n" +
+			"timeout 3s\n" +
+			"max_conns 8\n" +
+			"max_inflight 100\n" +
+			"}",
+			from: "example.org.", ignored: []string{"a.example.org."},
+			upstreams: []string{"192.0.2.1:853 dns.example", "192.0.2.2:8853 dns.example"},
+			rootCAs:   true, pinned: true, policy: "sequential", healthCheck: 250 * time.Millisecond,
+			maxFails: new(uint32(3)), expire: 30 * time.Second, maxConcurrent: 100, timeout: 3 * time.Second,
+			maxConns: 8, maxInflight: 100},
+	}
+}
+
+func TestParse(t *testing.T) {
+	for _, tc := range parseTests(t) {
+		t.Run(tc.name, func(t *testing.T) {
+			ds, err := parse(caddy.NewTestController("dns", tc.input))
+			if tc.wantErr != "" {
+				want := fmt.Sprintf("Testfile:%d - Error during parsing: %s", tc.line, tc.wantErr)
+				if err == nil || !strings.Contains(err.Error(), want) {
+					t.Fatalf("error %v, want one holding %q", err, want)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatalf("unexpected error: %v", err)
+			}
+			if len(ds) != 1 {
+				t.Fatalf("%d stanzas, want 1", len(ds))
+			}
+			checkStanza(t, ds[0], tc)
+		})
+	}
+}
+
+// checkStanza compares d with the expected values of tc, defaults filled in.
+func checkStanza(t *testing.T, d *Dotstub, tc parseTest) {
+	t.Helper()
+	wantFrom := cmp.Or(tc.from, ".")
+	wantTimeout := cmp.Or(tc.timeout, defaultTimeout)
+	wantPolicy := cmp.Or(tc.policy, "random")
+	wantHealth := cmp.Or(tc.healthCheck, upstream.DefaultHealthCheck)
+	if tc.healthCheck < 0 {
+		wantHealth = 0
+	}
+	wantExpire := cmp.Or(tc.expire, dot.DefaultExpire)
+	wantFails := uint32(upstream.DefaultMaxFails)
+	if tc.maxFails != nil {
+		wantFails = *tc.maxFails
+	}
+
+	if d.from != wantFrom {
+		t.Errorf("from %q, want %q", d.from, wantFrom)
+	}
+	if !slices.Equal(d.ignored, tc.ignored) {
+		t.Errorf("ignored %q, want %q", d.ignored, tc.ignored)
+	}
+	if d.timeout != wantTimeout {
+		t.Errorf("timeout %s, want %s", d.timeout, wantTimeout)
+	}
+	if d.maxConcurrent != tc.maxConcurrent {
+		t.Errorf("maxConcurrent %d, want %d", d.maxConcurrent, tc.maxConcurrent)
+	}
+	if d.policy.String() != wantPolicy {
+		t.Errorf("policy %s, want %s", d.policy, wantPolicy)
+	}
+
+	var got []string
+	tlsSeen := map[*tls.Config]bool{}
+	for _, u := range d.upstreams {
+		cfg := u.Config()
+		pc := cfg.Pool
+		got = append(got, pc.Addr+" "+pc.TLS.ServerName)
+		if cfg.Name != u.Name() || cfg.Name == "" {
+			t.Errorf("%s: name %q", pc.Addr, cfg.Name)
+		}
+		if cfg.MaxFails != wantFails {
+			t.Errorf("%s: MaxFails %d, want %d", pc.Addr, cfg.MaxFails, wantFails)
+		}
+		if cfg.HealthCheck != wantHealth {
+			t.Errorf("%s: HealthCheck %s, want %s", pc.Addr, cfg.HealthCheck, wantHealth)
+		}
+		if cfg.Probed == nil || pc.Events.Dialed == nil || pc.Events.Closed == nil {
+			t.Errorf("%s: metrics hooks not set", pc.Addr)
+		}
+		if pc.Timeout != d.timeout {
+			t.Errorf("%s: pool Timeout %s, want the stanza's %s", pc.Addr, pc.Timeout, d.timeout)
+		}
+		if pc.Expire != wantExpire {
+			t.Errorf("%s: Expire %s, want %s", pc.Addr, pc.Expire, wantExpire)
+		}
+		if pc.MaxConns != tc.maxConns {
+			t.Errorf("%s: MaxConns %d, want %d", pc.Addr, pc.MaxConns, tc.maxConns)
+		}
+		if pc.MaxInflight != tc.maxInflight {
+			t.Errorf("%s: MaxInflight %d, want %d", pc.Addr, pc.MaxInflight, tc.maxInflight)
+		}
+
+		c := pc.TLS
+		if tlsSeen[c] {
+			t.Errorf("%s: shares its tls.Config with another upstream", pc.Addr)
+		}
+		tlsSeen[c] = true
+		if c.MinVersion < tls.VersionTLS12 {
+			t.Errorf("%s: MinVersion %#x, want at least TLS 1.2", pc.Addr, c.MinVersion)
+		}
+		if c.InsecureSkipVerify {
+			t.Errorf("%s: InsecureSkipVerify", pc.Addr)
+		}
+		if c.ClientSessionCache == nil {
+			t.Errorf("%s: no session cache", pc.Addr)
+		}
+		if (c.VerifyConnection != nil) != tc.pinned {
+			t.Errorf("%s: VerifyConnection set %t, want %t", pc.Addr, c.VerifyConnection != nil, tc.pinned)
+		}
+		if (c.RootCAs != nil) != tc.rootCAs {
+			t.Errorf("%s: RootCAs set %t, want %t", pc.Addr, c.RootCAs != nil, tc.rootCAs)
+		}
+		if (len(c.Certificates) == 1) != tc.clientCert {
+			t.Errorf("%s: %d client certificates, want one: %t", pc.Addr, len(c.Certificates), tc.clientCert)
+		}
+	}
+	if !slices.Equal(got, tc.upstreams) {
+		t.Errorf("upstreams %q, want %q", got, tc.upstreams)
+	}
+}
+
+func TestParseStanzas(t *testing.T) {
+	input := `dotstub example.org 192.0.2.1 {
+    policy sequential
+}
+dotstub . 192.0.2.2 192.0.2.3 {
+    timeout 1s
+}
+dotstub example.net 192.0.2.4`
+	ds, err := parse(caddy.NewTestController("dns", input))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []parseTest{
+		{from: "example.org.", policy: "sequential", upstreams: []string{"192.0.2.1:853 192.0.2.1"}},
+		{timeout: time.Second, upstreams: []string{"192.0.2.2:853 192.0.2.2", "192.0.2.3:853 192.0.2.3"}},
+		{from: "example.net.", upstreams: []string{"192.0.2.4:853 192.0.2.4"}},
+	}
+	if len(ds) != len(want) {
+		t.Fatalf("%d stanzas, want %d", len(ds), len(want))
+	}
+	for i, d := range ds {
+		t.Run(cmp.Or(want[i].from, "."), func(t *testing.T) { checkStanza(t, d, want[i]) })
+	}
+}
+
+// TestParsePinsEnforced checks that the pins parsed are the ones the TLS
+// configuration enforces.
+func TestParsePinsEnforced(t *testing.T) {
+	ca, err := dottest.NewCA("pinned.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := dottest.NewCA("other.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := parse(caddy.NewTestController("dns", block("pin_sha256 "+pinA+" "+ca.Pin().String())))
+	if err != nil {
+		t.Fatal(err)
+	}
+	verify := ds[0].upstreams[0].Config().Pool.TLS.VerifyConnection
+	chain := func(c *x509.Certificate) tls.ConnectionState {
+		return tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{c}}}
+	}
+	if err := verify(chain(ca.Cert)); err != nil {
+		t.Errorf("pinned chain refused: %v", err)
+	}
+	if err := verify(chain(other.Cert)); err == nil {
+		t.Error("unpinned chain accepted")
+	}
+}
+
+var toTests = []struct {
+	name       string
+	input      string
+	addr       string
+	serverName string
+	wantErr    string // substring; empty means success
+}{
+	{name: "tls IPv4", input: "tls://192.0.2.1", addr: "192.0.2.1:853"},
+	{name: "bare IPv4", input: "192.0.2.1", addr: "192.0.2.1:853"},
+	{name: "IPv4 port", input: "192.0.2.1:8853", addr: "192.0.2.1:8853"},
+	{name: "tls IPv4 port", input: "tls://192.0.2.1:8853", addr: "192.0.2.1:8853"},
+	{name: "port with a leading zero", input: "192.0.2.1:0853", addr: "192.0.2.1:853"},
+	{name: "tls IPv4 name", input: "tls://192.0.2.1%dns.example", addr: "192.0.2.1:853", serverName: "dns.example"},
+	{name: "name with final dot", input: "tls://192.0.2.1%dns.example.", addr: "192.0.2.1:853", serverName: "dns.example"},
+	{name: "tls IPv4 name port", input: "tls://192.0.2.1%dns.example:8853", addr: "192.0.2.1:8853", serverName: "dns.example"},
+	{name: "bare IPv4 name port", input: "192.0.2.1%dns.example:8853", addr: "192.0.2.1:8853", serverName: "dns.example"},
+	{name: "bare IPv6", input: "2001:db8::1", addr: "[2001:db8::1]:853"},
+	{name: "IPv6 made canonical", input: "tls://2001:DB8:0::1", addr: "[2001:db8::1]:853"},
+	{name: "bracketed IPv6", input: "[2001:db8::1]", addr: "[2001:db8::1]:853"},
+	{name: "bracketed IPv6 port", input: "[2001:db8::1]:8853", addr: "[2001:db8::1]:8853"},
+	{name: "tls IPv6 name", input: "tls://2001:db8::1%dns.example", addr: "[2001:db8::1]:853", serverName: "dns.example"},
+	{name: "tls bracketed IPv6 name", input: "tls://[2001:db8::1%dns.example]", addr: "[2001:db8::1]:853", serverName: "dns.example"},
+	{name: "tls bracketed IPv6 name port", input: "tls://[2001:db8::1%dns.example]:8853", addr: "[2001:db8::1]:8853", serverName: "dns.example"},
+
+	{name: "dns scheme", input: "dns://192.0.2.1", wantErr: "is not a tls:// upstream"},
+	{name: "https scheme", input: "https://192.0.2.1/dns-query", wantErr: "is not a tls:// upstream"},
+	{name: "upper-case scheme", input: "TLS://192.0.2.1", wantErr: "is not a tls:// upstream"},
+	{name: "empty", input: "", wantErr: `"" is not an IP address`},
+	{name: "scheme only", input: "tls://", wantErr: `"" is not an IP address`},
+	{name: "hostname", input: "dns.example", wantErr: `"dns.example" is not an IP address`},
+	{name: "tls hostname port", input: "tls://dns.example:853", wantErr: `"dns.example" is not an IP address`},
+	{name: "tls hostname name", input: "tls://dns.example%dns.example", wantErr: `"dns.example" is not an IP address`},
+	{name: "port 0", input: "192.0.2.1:0", wantErr: `"0" is not a port`},
+	{name: "port 65536", input: "192.0.2.1:65536", wantErr: `"65536" is not a port`},
+	{name: "port negative", input: "[2001:db8::1]:-1", wantErr: `"-1" is not a port`},
+	{name: "port not a number", input: "tls://192.0.2.1%dns.example:dot", wantErr: `"dot" is not a port`},
+	{name: "empty server name", input: "tls://192.0.2.1%", wantErr: `"" is not a server name`},
+	{name: "empty server name port", input: "tls://192.0.2.1%:853", wantErr: `"" is not a server name`},
+	{name: "empty bracketed server name", input: "tls://[2001:db8::1%]:853", wantErr: `"" is not a server name`},
+	{name: "root server name", input: "tls://192.0.2.1%.", wantErr: `"." is not a server name`},
+	{name: "server name with slash", input: "tls://192.0.2.1%dns.example/x", wantErr: `"dns.example/x" is not a server name`},
+	{name: "server name with bracket", input: "tls://192.0.2.1%dns.example]", wantErr: `"dns.example]" is not a server name`},
+	{name: "server name empty label", input: "tls://192.0.2.1%dns..example", wantErr: "is not a server name"},
+	{name: "missing bracket after name", input: "tls://[2001:db8::1%dns.example:853", wantErr: "missing ']'"},
+	{name: "missing bracket", input: "tls://[2001:db8::1", wantErr: `"[2001:db8::1" is not an IP address`},
+	{name: "IP zone", input: "tls://[fe80::1%eth0%dns.example]:853", wantErr: `"fe80::1%eth0" is not an IP address`},
+}
+
+func TestParseTo(t *testing.T) {
+	for _, tc := range toTests {
+		t.Run(tc.name, func(t *testing.T) {
+			addr, name, err := parseTo(tc.input)
+			if tc.wantErr != "" {
+				// The error names the upstream as written, for TO: to prefix.
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) || !strings.HasPrefix(err.Error(), strconv.Quote(tc.input)) {
+					t.Fatalf("parseTo(%q) = %q, %q, %v; want an error starting %q and holding %q", tc.input, addr, name, err, strconv.Quote(tc.input), tc.wantErr)
+				}
+				return
+			}
+			if err != nil || addr != tc.addr || name != tc.serverName {
+				t.Fatalf("parseTo(%q) = %q, %q, %v; want %q, %q", tc.input, addr, name, err, tc.addr, tc.serverName)
+			}
+		})
+	}
+}
+
+func FuzzParse(f *testing.F) {
+	for _, tc := range parseTests(f) {
+		f.Add(tc.input)
+	}
+	for _, tc := range toTests {
+		f.Add("dotstub . " + tc.input)
+	}
+	f.Fuzz(func(t *testing.T, input string) {
+		// The tls option reads the files it names: keep away from devices
+		// such as /dev/zero that never end.
+		for _, dir := range []string{"/dev", "/proc", "/sys"} {
+			if strings.Contains(input, dir) {
+				t.Skip()
+			}
+		}
+		parse(caddy.NewTestController("dns", input))
+	})
+}
