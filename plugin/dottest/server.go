@@ -16,6 +16,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -96,7 +97,7 @@ func Start(opts Options) (*Server, error) {
 		}
 	}
 	if opts.Leaf == nil {
-		if opts.Leaf, err = opts.CA.Issue(opts.Names, timeZero, timeZero); err != nil {
+		if opts.Leaf, err = opts.CA.Issue(opts.Names, time.Time{}, time.Time{}); err != nil {
 			return nil, err
 		}
 	}

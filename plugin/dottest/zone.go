@@ -3,12 +3,9 @@ package dottest
 import (
 	"net"
 	"strings"
-	"time"
 
 	"github.com/miekg/dns"
 )
-
-var timeZero time.Time
 
 // Answer is the default handler: a synthetic zone that answers every name.
 //   - names whose first label is "nx" get NXDOMAIN with an SOA;

@@ -1,0 +1,158 @@
+// Command sidebyside is the side-by-side benchmark of DNS-over-TLS
+// forwarders: dotstub, CoreDNS forward, Unbound, Stubby and dnsdist, each in
+// front of the same upstream (CoreDNS serving a synthetic zone over DoT on
+// loopback), loaded by dnsperf, peers interleaved, several rounds, medians
+// printed as markdown tables. A relay of its own puts the upstream 20 ms away
+// for one scenario. Run it through `make bench`, which builds the binaries and
+// runs it in a private network namespace, so nothing it sends can leave the
+// machine.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
+)
+
+// A scenario is one load and one network condition.
+type scenario struct {
+	name    string
+	args    []string // dnsperf's load arguments
+	delay   bool     // upstream behind the 20 ms relay
+	verbose bool     // per-query latencies, for p99
+}
+
+func main() {
+	bin := flag.String("bin", "bench/out", "directory holding coredns, relay and dotupstream")
+	rounds := flag.Int("rounds", 3, "rounds; each runs every peer once per scenario")
+	dur := flag.Duration("duration", 10*time.Second, "length of one dnsperf run")
+	only := flag.String("peers", "", "comma-separated peers to run (default all)")
+	scen := flag.String("scenarios", "", "comma-separated scenarios to run (default all)")
+	out := flag.String("out", "", "write the markdown tables to this file too")
+	flag.Parse()
+	log.SetFlags(log.Ltime)
+	abs, err := filepath.Abs(*bin)
+	if err != nil {
+		log.Fatal(err)
+	}
+	b := &bench{bin: abs, dur: *dur}
+	if err := b.setup(); err != nil {
+		log.Fatal(err)
+	}
+	defer b.teardown()
+
+	l := fmt.Sprint(int(dur.Seconds()))
+	scenarios := []scenario{
+		{name: "loopback, UDP clients, max throughput (dnsperf -c 30 -q 200)", args: []string{"-c", "30", "-q", "200", "-l", l}, verbose: true},
+		{name: "loopback, TCP clients, max throughput (dnsperf -m tcp -c 30 -q 200)", args: []string{"-m", "tcp", "-c", "30", "-q", "200", "-l", l}, verbose: true},
+		{name: "loopback, UDP clients, fixed 60 queries/s (dnsperf -c 10 -Q 60)", args: []string{"-c", "10", "-Q", "60", "-l", l}, verbose: true},
+		{name: "upstream 20 ms away, UDP clients, 1,000 in flight (dnsperf -c 30 -q 1000)", args: []string{"-c", "30", "-q", "1000", "-l", l}, delay: true, verbose: true},
+	}
+	if *scen != "" {
+		scenarios = filter(scenarios, strings.Split(*scen, ","), func(s scenario) string { return s.name })
+	}
+	ps := peers
+	if *only != "" {
+		ps = filter(ps, strings.Split(*only, ","), func(p peer) string { return p.name })
+	}
+
+	results := map[string]map[string][]result{} // scenario, peer -> one per round
+	for r := range *rounds {
+		for _, s := range scenarios {
+			if results[s.name] == nil {
+				results[s.name] = map[string][]result{}
+			}
+			order := slices.Clone(ps)
+			rotate(order, r) // interleave: each round starts with another peer
+			for _, p := range order {
+				res, err := b.run(p, s)
+				if err != nil {
+					log.Printf("round %d, %s, %s: %v", r+1, s.name, p.name, err)
+					continue
+				}
+				log.Printf("round %d, %s, %s: %s", r+1, s.name, p.name, res)
+				results[s.name][p.name] = append(results[s.name][p.name], res)
+			}
+			if *only == "" || slices.Contains(strings.Split(*only, ","), "ceiling") {
+				res, err := b.ceiling(s)
+				if err == nil {
+					log.Printf("round %d, %s, ceiling: %s", r+1, s.name, res)
+					results[s.name]["ceiling"] = append(results[s.name]["ceiling"], res)
+				} else {
+					log.Printf("round %d, %s, ceiling: %v", r+1, s.name, err)
+				}
+			}
+		}
+	}
+
+	var md strings.Builder
+	fmt.Fprintf(&md, "Medians of %d rounds, %s per run; %s.\n\n", *rounds, dur, b.machine())
+	for _, s := range scenarios {
+		fmt.Fprintf(&md, "**%s**\n\n", s.name)
+		md.WriteString(table(results[s.name], append(names(ps), "ceiling")))
+		md.WriteString("\n")
+	}
+	md.WriteString(b.versions(ps))
+	fmt.Print(md.String())
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+func names(ps []peer) []string {
+	var out []string
+	for _, p := range ps {
+		out = append(out, p.name)
+	}
+	return out
+}
+
+func filter[T any](xs []T, keep []string, name func(T) string) []T {
+	var out []T
+	for _, x := range xs {
+		for _, k := range keep {
+			if strings.Contains(name(x), strings.TrimSpace(k)) {
+				out = append(out, x)
+				break
+			}
+		}
+	}
+	return out
+}
+
+func rotate[T any](xs []T, n int) {
+	if len(xs) > 0 {
+		n %= len(xs)
+		slices.Reverse(xs[:n])
+		slices.Reverse(xs[n:])
+		slices.Reverse(xs)
+	}
+}
+
+// versions lists the version of every peer that came from a package.
+func (b *bench) versions(ps []peer) string {
+	var s strings.Builder
+	s.WriteString("Versions: ")
+	out, _ := exec.Command(filepath.Join(b.bin, "coredns"), "-version").Output()
+	s.WriteString(strings.SplitN(string(out), "\n", 2)[0])
+	seen := map[string]bool{}
+	for _, p := range ps {
+		if p.pkg == "" || seen[p.pkg] {
+			continue
+		}
+		seen[p.pkg] = true
+		v, _ := exec.Command("dpkg-query", "-W", "-f", "${Version}", p.pkg).Output()
+		fmt.Fprintf(&s, ", %s %s", p.pkg, v)
+	}
+	v, _ := exec.Command("dpkg-query", "-W", "-f", "${Version}", "dnsperf").Output()
+	fmt.Fprintf(&s, ", dnsperf %s.\n", v)
+	return s.String()
+}

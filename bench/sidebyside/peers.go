@@ -1,0 +1,151 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"text/template"
+)
+
+// A peer is one forwarder under test. Its config is a template over conf;
+// its command runs in the foreground.
+type peer struct {
+	name string
+	file string   // config file name
+	conf string   // template of the config
+	cmd  []string // command line; "{{bin}}" and "{{conf}}" are replaced
+	pkg  string   // Debian package, for the version line
+}
+
+// conf is what a peer's config template sees.
+type conf struct {
+	Port     int    // where the peer serves UDP and TCP
+	Upstream string // host:port of the DoT upstream, or of the relay in front of it
+	UpHost   string
+	UpPort   string
+	Dir      string // work directory: ca.pem, cert.pem, key.pem, zone.db
+}
+
+var peers = []peer{
+	{name: "dotstub", file: "Corefile.dotstub", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
+    bind 127.0.0.1
+    dotstub . tls://{{.UpHost}}%dns.test:{{.UpPort}} {
+        tls {{.Dir}}/ca.pem
+    }
+}
+`},
+	{name: "forward", file: "Corefile.forward", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
+    bind 127.0.0.1
+    forward . tls://{{.Upstream}} {
+        tls {{.Dir}}/ca.pem
+        tls_servername dns.test
+    }
+}
+`},
+	{name: "unbound", file: "unbound.conf", pkg: "unbound", cmd: []string{"unbound", "-d", "-c", "{{conf}}"}, conf: `server:
+    interface: 127.0.0.1@{{.Port}}
+    port: {{.Port}}
+    do-ip6: no
+    num-threads: 2
+    so-reuseport: yes
+    chroot: ""
+    username: ""
+    directory: "{{.Dir}}"
+    pidfile: ""
+    use-syslog: no
+    logfile: ""
+    access-control: 127.0.0.0/8 allow
+    do-not-query-localhost: no
+    tls-cert-bundle: "{{.Dir}}/ca.pem"
+    module-config: "iterator"
+    cache-max-ttl: 0
+    cache-max-negative-ttl: 0
+    cache-min-ttl: 0
+    msg-cache-size: 1m
+    rrset-cache-size: 1m
+    prefetch: no
+    serve-expired: no
+    local-zone: "test." nodefault
+remote-control:
+    control-enable: no
+forward-zone:
+    name: "."
+    forward-tls-upstream: yes
+    forward-addr: {{.UpHost}}@{{.UpPort}}#dns.test
+`},
+	{name: "stubby", file: "stubby.yml", pkg: "stubby", cmd: []string{"stubby", "-C", "{{conf}}"}, conf: `resolution_type: GETDNS_RESOLUTION_STUB
+dns_transport_list:
+  - GETDNS_TRANSPORT_TLS
+tls_authentication: GETDNS_AUTHENTICATION_REQUIRED
+tls_ca_file: "{{.Dir}}/ca.pem"
+tls_query_padding_blocksize: 0
+edns_client_subnet_private: 0
+round_robin_upstreams: 1
+idle_timeout: 10000
+appdata_dir: "{{.Dir}}/stubby-appdata"
+listen_addresses:
+  - 127.0.0.1@{{.Port}}
+upstream_recursive_servers:
+  - address_data: {{.UpHost}}
+    tls_port: {{.UpPort}}
+    tls_auth_name: "dns.test"
+`},
+	{name: "dnsdist", file: "dnsdist.conf", pkg: "dnsdist", cmd: []string{"dnsdist", "--supervised", "--disable-syslog", "-C", "{{conf}}"}, conf: dnsdistConf("")},
+	{name: "dnsdist maxInFlight=500", file: "dnsdist-inflight.conf", pkg: "dnsdist", cmd: []string{"dnsdist", "--supervised", "--disable-syslog", "-C", "{{conf}}"}, conf: dnsdistConf(", maxInFlight=500")},
+}
+
+func dnsdistConf(extra string) string {
+	return `setSecurityPollSuffix("")
+setLocal("127.0.0.1:{{.Port}}", {reusePort=true})
+addLocal("127.0.0.1:{{.Port}}", {reusePort=true})
+setMaxTCPClientThreads(2)
+newServer({address="{{.Upstream}}", tls="openssl", subjectName="dns.test",
+           caStore="{{.Dir}}/ca.pem", validateCertificates=true,
+           checkName="bench.test.", checkType="SOA"` + extra + `})
+`
+}
+
+// upstreamConf is the upstream: CoreDNS serving the synthetic zone over DoT.
+const upstreamConf = `tls://.:{{.Port}} {
+    bind 127.0.0.1
+    tls {{.Dir}}/cert.pem {{.Dir}}/key.pem
+    file {{.Dir}}/zone.db bench.test
+}
+`
+
+// render writes the config of p for c and returns p's command.
+func render(p peer, bin string, c conf) (*exec.Cmd, error) {
+	path := filepath.Join(c.Dir, p.file)
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if err := template.Must(template.New(p.name).Parse(p.conf)).Execute(f, c); err != nil {
+		return nil, err
+	}
+	args := make([]string, len(p.cmd))
+	for i, a := range p.cmd {
+		args[i] = strings.NewReplacer("{{bin}}", bin, "{{conf}}", path).Replace(a)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Dir = c.Dir
+	return cmd, nil
+}
+
+// writeZone writes n names, name0.bench.test to name{n-1}, and a dnsperf
+// query file that asks for each once.
+func writeZone(dir string, n int) error {
+	var zone, queries strings.Builder
+	zone.WriteString("$ORIGIN bench.test.\n$TTL 300\n@ IN SOA ns1.bench.test. hostmaster.bench.test. 1 7200 3600 1209600 300\n@ IN NS ns1.bench.test.\nns1 IN A 127.0.0.1\n")
+	for i := range n {
+		fmt.Fprintf(&zone, "name%d IN A 192.0.2.%d\n", i, i%250+1)
+		fmt.Fprintf(&queries, "name%d.bench.test A\n", i)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "zone.db"), []byte(zone.String()), 0o644); err != nil {
+		return err
+	}
+	return os.WriteFile(filepath.Join(dir, "queries.txt"), []byte(queries.String()), 0o644)
+}
