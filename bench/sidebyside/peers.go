@@ -31,6 +31,7 @@ type conf struct {
 var peers = []peer{
 	{name: "dotstub", file: "Corefile.dotstub", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
     bind 127.0.0.1
+    multisocket 2
     dotstub . tls://{{.UpHost}}%dns.test:{{.UpPort}} {
         tls {{.Dir}}/ca.pem
     }
@@ -38,6 +39,7 @@ var peers = []peer{
 `},
 	{name: "forward", file: "Corefile.forward", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
     bind 127.0.0.1
+    multisocket 2
     forward . tls://{{.Upstream}} {
         tls {{.Dir}}/ca.pem
         tls_servername dns.test

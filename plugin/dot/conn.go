@@ -12,14 +12,20 @@ import (
 
 // conn is one TLS connection to an upstream carrying many queries at once
 // (RFC 7766 section 6.2.1.1). One reader goroutine owns every read and routes
-// answers to their callers by ID; writers take wmu and write each query as one
-// buffer. The call table and state live under the pool's mutex.
+// answers to their callers by ID. Writes are grouped: a query that finds
+// another caller writing leaves its frame in the pending buffer, and the
+// writer sends all that has piled up in one Write, so queries that arrive
+// together share a TLS record and a system call. The call table and state
+// live under the pool's mutex.
 type conn struct {
 	pool *Pool
 	raw  net.Conn // the TCP socket under tc, closed directly to stop the reader
 	tc   *tls.Conn
 
-	wmu sync.Mutex // serializes writes to tc
+	wmu     sync.Mutex // guards the fields below
+	pending []byte     // frames waiting for the writer
+	spare   []byte     // the buffer of the last write, for reuse
+	writing bool       // a caller is writing; it will send pending too
 
 	born     time.Time    // when the handshake completed
 	lastRead atomic.Int64 // unix nanoseconds of the last answer read
@@ -73,14 +79,37 @@ func (c *conn) readLoop() {
 	}
 }
 
-// write sends cl's frame in one Write, bounded by deadline.
-func (c *conn) write(cl *call, deadline time.Time) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	c.tc.SetWriteDeadline(deadline)
+// write queues cl's frame and, unless another caller is writing already,
+// writes everything queued until nothing is left. A write that fails or takes
+// longer than the pool's timeout fails the connection, which completes every
+// call on it, cl included.
+func (c *conn) write(cl *call) {
 	cl.sent = time.Now().UnixNano()
-	_, err := c.tc.Write(cl.wbuf)
-	return err
+	c.wmu.Lock()
+	c.pending = append(c.pending, cl.wbuf...)
+	if c.writing {
+		c.wmu.Unlock()
+		return
+	}
+	c.writing = true
+	for len(c.pending) > 0 {
+		buf := c.pending
+		c.pending = c.spare[:0]
+		c.wmu.Unlock()
+		c.tc.SetWriteDeadline(time.Now().Add(c.pool.cfg.Timeout))
+		_, err := c.tc.Write(buf)
+		c.wmu.Lock()
+		c.spare = buf[:0]
+		if err != nil {
+			c.writing = false
+			c.pending = c.pending[:0]
+			c.wmu.Unlock()
+			c.pool.connFailed(c, err)
+			return
+		}
+	}
+	c.writing = false
+	c.wmu.Unlock()
 }
 
 // allocIDLocked picks an ID not used by a call in flight on c.

@@ -224,6 +224,9 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 			return nil, ErrClosed
 		}
 		if c := p.pickLocked(notBefore); c != nil {
+			if len(c.calls) >= p.spreadAt() && p.canDialLocked() {
+				p.startDialLocked() // busy: open another for the next queries
+			}
 			id := c.allocIDLocked()
 			binary.BigEndian.PutUint16(cl.wbuf[2:], id)
 			c.calls[id] = cl
@@ -261,26 +264,40 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 	}
 }
 
-// pickLocked returns the oldest open connection born after notBefore with a
-// free slot. Filling the oldest first keeps the number of connections low; the
-// others expire.
+// pickLocked returns a connection born after notBefore with a free slot: the
+// oldest one that is not busy, or else the least loaded. Filling the oldest
+// first keeps the number of connections low when the load is light, so the
+// others expire; spreading a heavy load lets an upstream that serves each
+// connection on one thread (as many do) use several.
 func (p *Pool) pickLocked(notBefore time.Time) *conn {
+	var least *conn
 	for _, c := range p.conns {
-		if len(c.calls) < p.cfg.MaxInflight && !c.born.Before(notBefore) {
+		n := len(c.calls)
+		if n >= p.cfg.MaxInflight || c.born.Before(notBefore) {
+			continue
+		}
+		if n < p.spreadAt() {
 			return c
 		}
+		if least == nil || n < len(least.calls) {
+			least = c
+		}
 	}
-	return nil
+	return least
+}
+
+// spreadAt is the number of queries in flight that makes a connection busy:
+// when every connection is busy, the pool opens another, up to MaxConns.
+func (p *Pool) spreadAt() int { return max(1, p.cfg.MaxInflight/8) }
+
+// canDialLocked reports whether the pool may start a dial now.
+func (p *Pool) canDialLocked() bool {
+	return !p.dialing && len(p.conns) < p.cfg.MaxConns && !time.Now().Before(p.retryAt)
 }
 
 // roundTrip writes cl on c and waits for its answer.
 func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error) {
-	deadline, _ := ctx.Deadline()
-	if err := c.write(cl, deadline); err != nil {
-		p.connFailed(c, err) // completes cl, among others
-		r := <-cl.ch
-		return nil, r.err
-	}
+	c.write(cl) // a failed write fails c, which completes cl
 	select {
 	case r := <-cl.ch:
 		return r.buf, r.err

@@ -22,7 +22,10 @@ type Query struct {
 	bp    *[]byte // frame's pooled buffer; nil when frame was allocated
 }
 
-var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 2+1232); return &b }}
+var (
+	framePool = sync.Pool{New: func() any { b := make([]byte, 0, 2+1232); return &b }}
+	queryPool = sync.Pool{New: func() any { return new(Query) }}
+)
 
 // ErrInvalidQuery reports a query that cannot be forwarded: it does not pack,
 // or it does not hold exactly one question.
@@ -41,7 +44,8 @@ func NewQuery(m *dns.Msg) (*Query, error) {
 		framePool.Put(bp)
 		return nil, ErrInvalidQuery
 	}
-	q := &Query{msg: m, frame: buf[:2+len(packed)], bp: bp}
+	q := queryPool.Get().(*Query)
+	q.msg, q.frame, q.bp = m, buf[:2+len(packed)], bp
 	if &packed[0] != &buf[2] { // did not fit: PackBuffer allocated
 		framePool.Put(bp)
 		q.frame, q.bp = append(make([]byte, 2, 2+len(packed)), packed...), nil
@@ -53,12 +57,14 @@ func NewQuery(m *dns.Msg) (*Query, error) {
 // Msg returns the query's message.
 func (q *Query) Msg() *dns.Msg { return q.msg }
 
-// Release returns the query's buffer for reuse. The Query must not be used after.
+// Release returns the query and its buffer for reuse. The Query must not be
+// used after.
 func (q *Query) Release() {
 	if q.bp != nil {
 		framePool.Put(q.bp)
 	}
-	q.frame, q.bp = nil, nil
+	q.msg, q.frame, q.bp = nil, nil, nil
+	queryPool.Put(q)
 }
 
 // match reports whether a is a response to q's question.
