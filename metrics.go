@@ -104,6 +104,13 @@ func poolEvents(to string) dot.Events {
 			}
 		},
 		Closed: func(error) { conns.WithLabelValues(to).Dec() },
+		Serial: func(on bool) {
+			if on {
+				log.Warningf("Upstream %s: drops connections that carry pipelined queries; sending one query per connection for a while", to)
+			} else {
+				log.Infof("Upstream %s: trying pipelined queries again", to)
+			}
+		},
 	}
 }
 

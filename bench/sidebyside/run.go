@@ -240,9 +240,14 @@ func (b *bench) dnsperf(host string, port int, args []string, verbose bool) (res
 			res.avg = n * 1e3
 		}
 	}
-	if len(lat) > 0 {
+	if len(lat) > 0 { // average and p99 from the same per-query latencies
 		sort.Float64s(lat)
 		res.p99 = lat[min(len(lat)-1, len(lat)*99/100)] * 1e3
+		sum := 0.0
+		for _, v := range lat {
+			sum += v
+		}
+		res.avg = sum / float64(len(lat)) * 1e3
 	}
 	return res, nil
 }

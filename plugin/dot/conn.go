@@ -36,6 +36,7 @@ type conn struct {
 	closed   bool
 	lastUsed time.Time // when the last call completed or started
 	sent     int       // queries sent over the connection's life
+	answered int       // answers received over the connection's life
 }
 
 // call is one query in flight on a conn.

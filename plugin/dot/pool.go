@@ -17,8 +17,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -33,6 +35,14 @@ const (
 
 	minBackoff = 250 * time.Millisecond
 	maxBackoff = 5 * time.Second
+
+	// An upstream that drops connections carrying pipelined queries is
+	// sent one query per connection, over up to serialMaxConns connections,
+	// for serialFor; then pipelining is tried again.
+	serialStrikes  = 2
+	maxResends     = 2
+	serialMaxConns = 32
+	serialFor      = 5 * time.Minute
 )
 
 // Config configures a Pool.
@@ -55,6 +65,10 @@ type Events struct {
 	Dialed func(err error, resumed bool)
 	// Closed reports that a connection Dialed reported as open has closed.
 	Closed func(err error)
+	// Serial reports that the upstream seems not to handle pipelined
+	// queries, so the pool now sends one query per connection, or (false)
+	// that it tries pipelining again.
+	Serial func(on bool)
 }
 
 // Errors an Exchange can return besides its context's.
@@ -83,6 +97,9 @@ type Pool struct {
 	wake    chan struct{} // closed to wake queries waiting for a slot; nil if none wait
 	started bool
 	closed  bool
+
+	strikes     int       // connections in a row that died of pipelining
+	serialUntil time.Time // one query per connection until then
 }
 
 // New returns a pool for cfg. It dials nothing until Start or Exchange.
@@ -167,7 +184,9 @@ func (p *Pool) Stats() Stats {
 // Exchange sends q and returns the answer with the ID of q's message. The
 // answer is checked: one that does not unpack or does not answer q's question
 // is never returned. A query whose connection dies, or brings a bad answer, is
-// sent once more on another connection within ctx's deadline.
+// sent again on a connection opened after the failure, within ctx's deadline,
+// up to maxResends times: an upstream that closes a connection with queries
+// unread resets it, and the reset can also discard answers already sent.
 func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 	if _, ok := ctx.Deadline(); !ok {
 		var cancel context.CancelFunc
@@ -178,13 +197,9 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 	cl.wbuf = append(cl.wbuf[:0], q.frame...)
 	defer callPool.Put(cl) // every path below leaves cl out of any table with ch drained
 
-	var failed *conn // the connection of the first try, when it died
-	for {
-		var notBefore time.Time
-		if failed != nil {
-			notBefore = failed.born.Add(1)
-		}
-		c, err := p.reserve(ctx, cl, notBefore)
+	var failedAt time.Time // when the last try failed
+	for resends := 0; ; resends++ {
+		c, err := p.reserve(ctx, cl, failedAt)
 		if err != nil {
 			return nil, err
 		}
@@ -204,18 +219,19 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 			p.connFailed(c, err)
 		}
 		retryable := errors.Is(err, errConnLost) || errors.Is(err, errBadAnswer)
-		if failed != nil || !retryable || ctx.Err() != nil {
+		if resends == maxResends || !retryable || ctx.Err() != nil {
 			return nil, err
 		}
-		failed = c
+		failedAt = time.Now()
 	}
 }
 
 // reserve finds a connection with a free slot, or waits for one, and enters
 // cl in its call table under a fresh ID. A query being resent asks for a
-// connection born after notBefore, as the one that failed it may have died of
-// a per-connection query limit that its peers are close to as well; when the
-// pool is full of older ones, any will do.
+// connection born after notBefore, the time its first try failed: the
+// connection it died with may have died of a per-connection query limit that
+// its peers are close to as well. When the pool is full of older ones, any
+// will do.
 func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*conn, error) {
 	p.mu.Lock()
 	for {
@@ -234,7 +250,7 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 			p.mu.Unlock()
 			return c, nil
 		}
-		if !p.dialing && len(p.conns) < p.cfg.MaxConns {
+		if !p.dialing && len(p.conns) < p.maxConnsLocked() {
 			if time.Now().Before(p.retryAt) {
 				if len(p.conns) == 0 { // backing off, nothing open: fail now
 					err := p.dialErr
@@ -273,7 +289,7 @@ func (p *Pool) pickLocked(notBefore time.Time) *conn {
 	var least *conn
 	for _, c := range p.conns {
 		n := len(c.calls)
-		if n >= p.cfg.MaxInflight || c.born.Before(notBefore) {
+		if n >= p.maxInflightLocked() || c.born.Before(notBefore) {
 			continue
 		}
 		if n < p.spreadAt() {
@@ -288,11 +304,57 @@ func (p *Pool) pickLocked(notBefore time.Time) *conn {
 
 // spreadAt is the number of queries in flight that makes a connection busy:
 // when every connection is busy, the pool opens another, up to MaxConns.
-func (p *Pool) spreadAt() int { return max(1, p.cfg.MaxInflight/8) }
+func (p *Pool) spreadAt() int { return max(1, p.maxInflightLocked()/8) }
 
 // canDialLocked reports whether the pool may start a dial now.
 func (p *Pool) canDialLocked() bool {
-	return !p.dialing && len(p.conns) < p.cfg.MaxConns && !time.Now().Before(p.retryAt)
+	return !p.dialing && len(p.conns) < p.maxConnsLocked() && !time.Now().Before(p.retryAt)
+}
+
+func (p *Pool) serialLocked() bool { return time.Now().Before(p.serialUntil) }
+
+func (p *Pool) maxInflightLocked() int {
+	if p.serialLocked() {
+		return 1
+	}
+	return p.cfg.MaxInflight
+}
+
+func (p *Pool) maxConnsLocked() int {
+	if p.serialLocked() {
+		return max(p.cfg.MaxConns, serialMaxConns)
+	}
+	return p.cfg.MaxConns
+}
+
+// judgePipeliningLocked looks at how c died for signs of an upstream that
+// does not handle pipelined queries: it closed the connection after answering
+// at most one query while others were in flight. Two such connections in a
+// row switch the pool to one query per connection for serialFor; a connection
+// that answered several queries clears the count. It reports a change.
+func (p *Pool) judgePipeliningLocked(c *conn, cause error) (changed, on bool) {
+	wasSerial := p.serialLocked()
+	if !wasSerial && !p.serialUntil.IsZero() { // the serial period is over
+		p.serialUntil, p.strikes = time.Time{}, 0
+		changed = true
+	}
+	switch {
+	case c.answered >= 2:
+		p.strikes = 0
+	case len(c.calls) > 0 && c.sent >= 2 && peerClosed(cause):
+		p.strikes++
+		if p.strikes >= serialStrikes && !wasSerial {
+			p.serialUntil = time.Now().Add(serialFor)
+			return true, true
+		}
+	}
+	return changed, false
+}
+
+// peerClosed reports whether err says the upstream closed or reset the
+// connection.
+func peerClosed(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
 }
 
 // roundTrip writes cl on c and waits for its answer.
@@ -331,6 +393,7 @@ func (p *Pool) complete(c *conn, id uint16) *call {
 	cl := c.calls[id]
 	if cl != nil {
 		delete(c.calls, id)
+		c.answered++
 		c.lastUsed = time.Now()
 		p.wakeLocked()
 	}
@@ -346,6 +409,7 @@ func (p *Pool) connFailed(c *conn, cause error) {
 		return
 	}
 	c.closed = true
+	changed, serial := p.judgePipeliningLocked(c, cause)
 	for i, x := range p.conns {
 		if x == c {
 			p.conns = append(p.conns[:i], p.conns[i+1:]...)
@@ -364,6 +428,9 @@ func (p *Pool) connFailed(c *conn, cause error) {
 	}
 	if p.cfg.Events.Closed != nil {
 		p.cfg.Events.Closed(cause)
+	}
+	if changed && p.cfg.Events.Serial != nil {
+		p.cfg.Events.Serial(serial)
 	}
 }
 

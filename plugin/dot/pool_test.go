@@ -332,8 +332,8 @@ func TestBadAnswersNeverReturned(t *testing.T) {
 			if err == nil {
 				t.Fatalf("got answer %v, want an error", a)
 			}
-			if n := srv.Queries(); n > 2 {
-				t.Errorf("%d sends of one query, want at most one retry", n)
+			if n := srv.Queries(); n > 1+maxResends {
+				t.Errorf("%d sends of one query, want at most %d", n, 1+maxResends)
 			}
 		})
 	}
@@ -440,7 +440,18 @@ func TestCloseEndsEverything(t *testing.T) {
 }
 
 // poolGoroutines returns the stacks of goroutines running this package's code.
+// A goroutine that has just called wg.Done can still be on its way out, so
+// like goleak it looks again, for a bounded while, before it reports one.
 func poolGoroutines() string {
+	var g string
+	for deadline := time.Now().Add(2 * time.Second); ; runtime.Gosched() {
+		if g = poolGoroutinesNow(); g == "" || time.Now().After(deadline) {
+			return g
+		}
+	}
+}
+
+func poolGoroutinesNow() string {
 	buf := make([]byte, 1<<20)
 	buf = buf[:runtime.Stack(buf, true)]
 	var out []string
@@ -450,4 +461,86 @@ func poolGoroutines() string {
 		}
 	}
 	return strings.Join(out, "\n\n")
+}
+
+func TestFallBackToOneQueryPerConn(t *testing.T) {
+	// An upstream that takes a millisecond per query, one at a time, and
+	// closes the connection when a second query arrives meanwhile.
+	var mu sync.Mutex
+	busy := map[net.Conn]bool{}
+	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if busy[c] {
+			return false
+		}
+		busy[c] = true
+		q := new(dns.Msg)
+		if q.Unpack(frame) != nil {
+			return false
+		}
+		a := pack(dottest.Answer(q))
+		time.AfterFunc(time.Millisecond, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			c.Write(append([]byte{byte(len(a) >> 8), byte(len(a))}, a...))
+			busy[c] = false
+		})
+		return true
+	}})
+	serial := make(chan bool, 10)
+	p := newPool(t, srv, func(c *Config) {
+		c.MaxConns = 2
+		c.Events.Serial = func(on bool) { serial <- on }
+	})
+	burst := func(n int) (failed int) {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		for i := range n {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				if _, err := exchange(t, p, fmt.Sprintf("q%d.example.org", i), 10*time.Second); err != nil {
+					mu.Lock()
+					failed++
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return failed
+	}
+	burst(20) // pipelined queries die with their connections; the pool notices
+	select {
+	case on := <-serial:
+		if !on {
+			t.Fatal("Serial(false) before Serial(true)")
+		}
+	default:
+		t.Fatal("the pool did not fall back to one query per connection")
+	}
+	if failed := burst(40); failed != 0 {
+		t.Errorf("%d of 40 queries failed after the fall-back", failed)
+	}
+	if len(serial) != 0 {
+		t.Errorf("Serial reported %d more times, want once", len(serial))
+	}
+}
+
+func TestPipeliningUpstreamStaysPipelined(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{CloseAfter: 10}) // a per-connection query limit
+	p := newPool(t, srv, func(c *Config) {
+		c.Events.Serial = func(bool) { t.Error("an upstream with a query limit was taken for one that cannot pipeline") }
+	})
+	var wg sync.WaitGroup
+	for w := range 4 { // connections die with queries in flight, after 10 answers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				exchange(t, p, fmt.Sprintf("w%d-%d.example.org", w, i), 5*time.Second)
+			}
+		}()
+	}
+	wg.Wait()
 }
