@@ -257,6 +257,10 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 					p.mu.Unlock()
 					return nil, err
 				}
+				if !notBefore.IsZero() { // no fresh one to be had for now
+					notBefore = time.Time{}
+					continue
+				}
 			} else {
 				p.startDialLocked()
 			}
