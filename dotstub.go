@@ -93,24 +93,22 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
+	// Healthy upstreams, in policy order; when every one is down, all of
+	// them anyway: the health record may be stale.
 	list := d.policy.List(d.upstreams)
-	healthy := 0
+	var healthy [maxUpstreams]*upstream.Upstream
+	tries := healthy[:0]
 	for _, u := range list {
 		if !u.Down() {
-			healthy++
+			tries = append(tries, u)
 		}
 	}
-	// Healthy upstreams first, in policy order; when every one is down, try
-	// them all anyway: the health record may be stale.
-	left := healthy
-	if left == 0 {
-		left = len(list)
+	if len(tries) == 0 {
+		tries = list
 	}
+	left := len(tries)
 	err = ErrNoUpstream
-	for _, u := range list {
-		if healthy > 0 && u.Down() {
-			continue
-		}
+	for _, u := range tries {
 		a, uerr := d.exchange(ctx, u, q, left)
 		left--
 		if uerr != nil {

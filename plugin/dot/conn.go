@@ -12,40 +12,51 @@ import (
 
 // conn is one TLS connection to an upstream carrying many queries at once
 // (RFC 7766 section 6.2.1.1). One reader goroutine owns every read and routes
-// answers to their callers by ID. Writes are grouped: a query that finds
-// another caller writing leaves its frame in the pending buffer, and the
-// writer sends all that has piled up in one Write, so queries that arrive
-// together share a TLS record and a system call. The call table and state
-// live under the pool's mutex.
+// answers to their callers by ID. One writer goroutine owns every write:
+// callers append their frame to the pending buffer and wake it, never block on
+// the socket, and queries that arrive while a write is in progress go out
+// together in the next one, sharing a TLS record and a system call. The call
+// table and state live under the pool's mutex.
 type conn struct {
 	pool *Pool
 	raw  net.Conn // the TCP socket under tc, closed directly to stop the reader
 	tc   *tls.Conn
 
-	wmu     sync.Mutex // guards the fields below
-	pending []byte     // frames waiting for the writer
-	spare   []byte     // the buffer of the last write, for reuse
-	writing bool       // a caller is writing; it will send pending too
+	wmu     sync.Mutex    // guards pending
+	pending []byte        // frames waiting for the writer
+	wake    chan struct{} // capacity 1: there is something to write
+	done    chan struct{} // closed when the connection fails
 
 	born     time.Time    // when the handshake completed
 	lastRead atomic.Int64 // unix nanoseconds of the last answer read
 
 	// Guarded by pool.mu.
-	calls    map[uint16]*call // in-flight queries by upstream ID
+	calls    map[uint16]*call // in-flight queries by upstream ID; gaveUp for abandoned ones
+	gaveUp   int              // entries of calls that are gaveUp
 	nextID   uint16
 	closed   bool
-	lastUsed time.Time // when the last call completed or started
+	lastUsed time.Time // when the last call completed
 	sent     int       // queries sent over the connection's life
 	answered int       // answers received over the connection's life
+	peak     int       // most calls in flight at once
 }
+
+// abandoned marks, in conn.calls, the ID of a query whose caller gave up: the
+// ID stays taken until its late answer arrives, so that answer can never be
+// taken for the answer to a later query that reuses the ID.
+var abandoned = new(call)
+
+// activeLocked is the number of calls in flight whose caller still waits.
+func (c *conn) activeLocked() int { return len(c.calls) - c.gaveUp }
 
 // call is one query in flight on a conn.
 //
-// Ownership rule: whoever removes a call from conn.calls completes it, exactly
+// Ownership rule: whoever takes a call out of conn.calls completes it, exactly
 // once, by sending on ch: the reader when the answer arrives, the connection's
-// closer when the connection dies. A caller that gives up removes its own call
-// when it is still there; when it is gone, someone else holds it and its
-// result is coming on ch, which the caller must drain before reusing the call.
+// closer when the connection dies. A caller that gives up takes its own call
+// out when it is still there (leaving abandoned in its place); when it is
+// gone, someone else holds it and its result is coming on ch, which the
+// caller must drain before reusing the call.
 type call struct {
 	ch   chan result // buffered, capacity 1
 	wbuf []byte      // the frame as sent, with this call's ID
@@ -80,37 +91,42 @@ func (c *conn) readLoop() {
 	}
 }
 
-// write queues cl's frame and, unless another caller is writing already,
-// writes everything queued until nothing is left. A write that fails or takes
-// longer than the pool's timeout fails the connection, which completes every
-// call on it, cl included.
+// write queues cl's frame for the writer.
 func (c *conn) write(cl *call) {
 	cl.sent = time.Now().UnixNano()
 	c.wmu.Lock()
 	c.pending = append(c.pending, cl.wbuf...)
-	if c.writing {
-		c.wmu.Unlock()
-		return
+	c.wmu.Unlock()
+	select {
+	case c.wake <- struct{}{}:
+	default: // already woken
 	}
-	c.writing = true
-	for len(c.pending) > 0 {
-		buf := c.pending
-		c.pending = c.spare[:0]
-		c.wmu.Unlock()
-		c.tc.SetWriteDeadline(time.Now().Add(c.pool.cfg.Timeout))
-		_, err := c.tc.Write(buf)
+}
+
+// writeLoop writes what callers queue, all that has piled up in one Write,
+// until the connection fails. A write that fails or takes longer than the
+// pool's timeout fails the connection, which completes every call on it.
+func (c *conn) writeLoop() {
+	defer c.pool.wg.Done()
+	var buf []byte
+	for {
+		select {
+		case <-c.wake:
+		case <-c.done:
+			return
+		}
 		c.wmu.Lock()
-		c.spare = buf[:0]
-		if err != nil {
-			c.writing = false
-			c.pending = c.pending[:0]
-			c.wmu.Unlock()
+		buf, c.pending = c.pending, buf[:0]
+		c.wmu.Unlock()
+		if len(buf) == 0 {
+			continue
+		}
+		c.tc.SetWriteDeadline(time.Now().Add(c.pool.cfg.Timeout))
+		if _, err := c.tc.Write(buf); err != nil {
 			c.pool.connFailed(c, err)
 			return
 		}
 	}
-	c.writing = false
-	c.wmu.Unlock()
 }
 
 // allocIDLocked picks an ID not used by a call in flight on c.

@@ -77,6 +77,7 @@ var (
 	errConnLost  = errors.New("connection lost before the answer")
 	errStalled   = errors.New("upstream stopped answering on the connection")
 	errBadAnswer = errors.New("bad answer")
+	errAbandoned = errors.New("too many queries unanswered on the connection")
 	errExpired   = errors.New("idle connection expired")
 )
 
@@ -110,6 +111,7 @@ func New(cfg Config) *Pool {
 	if cfg.MaxInflight <= 0 {
 		cfg.MaxInflight = DefaultMaxInflight
 	}
+	cfg.MaxInflight = min(cfg.MaxInflight, 1<<15) // leaves IDs free for abandoned queries
 	if cfg.Timeout <= 0 {
 		cfg.Timeout = DefaultTimeout
 	}
@@ -239,6 +241,10 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 			p.mu.Unlock()
 			return nil, ErrClosed
 		}
+		if err := ctx.Err(); err != nil {
+			p.mu.Unlock()
+			return nil, err
+		}
 		if c := p.pickLocked(notBefore); c != nil {
 			if len(c.calls) >= p.spreadAt() && p.canDialLocked() {
 				p.startDialLocked() // busy: open another for the next queries
@@ -247,6 +253,7 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 			binary.BigEndian.PutUint16(cl.wbuf[2:], id)
 			c.calls[id] = cl
 			c.sent++
+			c.peak = max(c.peak, c.activeLocked())
 			p.mu.Unlock()
 			return c, nil
 		}
@@ -306,6 +313,11 @@ func (p *Pool) pickLocked(notBefore time.Time) *conn {
 	return least
 }
 
+// stallAfter is how long a connection may stay silent with a query
+// unanswered before it counts as stalled: half the pool's timeout, so that a
+// query with a short deadline of its own does not condemn a healthy one.
+func (p *Pool) stallAfter() time.Duration { return p.cfg.Timeout / 2 }
+
 // spreadAt is the number of queries in flight that makes a connection busy:
 // when every connection is busy, the pool opens another, up to MaxConns.
 func (p *Pool) spreadAt() int { return max(1, p.maxInflightLocked()/8) }
@@ -343,9 +355,9 @@ func (p *Pool) judgePipeliningLocked(c *conn, cause error) (changed, on bool) {
 		changed = true
 	}
 	switch {
-	case c.answered >= 2:
+	case c.answered >= 2, c.answered > 0 && c.activeLocked() == 0:
 		p.strikes = 0
-	case len(c.calls) > 0 && c.sent >= 2 && peerClosed(cause):
+	case c.activeLocked() > 0 && c.peak >= 2 && peerClosed(cause):
 		p.strikes++
 		if p.strikes >= serialStrikes && !wasSerial {
 			p.serialUntil = time.Now().Add(serialFor)
@@ -372,8 +384,11 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error)
 	id := binary.BigEndian.Uint16(cl.wbuf[2:])
 	p.mu.Lock()
 	owned := c.calls[id] == cl
+	tooMany := false
 	if owned {
-		delete(c.calls, id)
+		c.calls[id] = abandoned
+		c.gaveUp++
+		tooMany = c.gaveUp > p.cfg.MaxInflight/2
 		p.wakeLocked()
 	}
 	p.mu.Unlock()
@@ -381,11 +396,14 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error)
 		r := <-cl.ch
 		return r.buf, r.err
 	}
-	if c.lastRead.Load() < cl.sent {
-		// Nothing came back on c since this query left, for a whole timeout:
+	switch waited := time.Now().UnixNano() - cl.sent; {
+	case c.lastRead.Load() < cl.sent && waited >= int64(p.stallAfter()):
+		// Nothing came back on c since this query left, for a long while:
 		// the upstream has stopped answering there. Replace the connection
 		// rather than wait for TCP to notice.
 		p.connFailed(c, errStalled)
+	case tooMany:
+		p.connFailed(c, errAbandoned)
 	}
 	return nil, ctx.Err()
 }
@@ -394,13 +412,18 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error)
 func (p *Pool) complete(c *conn, id uint16) *call {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	cl := c.calls[id]
-	if cl != nil {
-		delete(c.calls, id)
-		c.answered++
-		c.lastUsed = time.Now()
-		p.wakeLocked()
+	cl, ok := c.calls[id]
+	if !ok {
+		return nil
 	}
+	delete(c.calls, id)
+	c.answered++
+	c.lastUsed = time.Now()
+	if cl == abandoned {
+		c.gaveUp--
+		return nil
+	}
+	p.wakeLocked()
 	return cl
 }
 
@@ -408,11 +431,12 @@ func (p *Pool) complete(c *conn, id uint16) *call {
 // with an error wrapping errConnLost and cause.
 func (p *Pool) connFailed(c *conn, cause error) {
 	p.mu.Lock()
-	if c.closed {
+	if c.closed || cause == errExpired && c.activeLocked() > 0 { // taken since it was found idle
 		p.mu.Unlock()
 		return
 	}
 	c.closed = true
+	close(c.done)
 	changed, serial := p.judgePipeliningLocked(c, cause)
 	for i, x := range p.conns {
 		if x == c {
@@ -428,7 +452,9 @@ func (p *Pool) connFailed(c *conn, cause error) {
 	c.raw.Close() // unblocks the reader; skips close_notify, which could block
 	err := fmt.Errorf("%w: %w", errConnLost, cause)
 	for _, cl := range calls {
-		cl.ch <- result{err: err}
+		if cl != abandoned {
+			cl.ch <- result{err: err}
+		}
 	}
 	if p.cfg.Events.Closed != nil {
 		p.cfg.Events.Closed(cause)
@@ -473,14 +499,17 @@ func (p *Pool) dial() {
 	default:
 		p.dialErr, p.backoff, p.retryAt = nil, 0, time.Time{}
 		p.conns = append(p.conns, c)
-		p.wg.Add(1)
-		go c.readLoop()
+		p.wg.Add(2) // before Close can wait; started below
 	}
 	p.wakeLocked()
 	p.mu.Unlock()
 
 	if p.cfg.Events.Dialed != nil && !errors.Is(err, ErrClosed) {
 		p.cfg.Events.Dialed(err, resumed)
+	}
+	if err == nil { // after Dialed, so that Closed cannot come first
+		go c.readLoop()
+		go c.writeLoop()
 	}
 }
 
@@ -500,7 +529,8 @@ func (p *Pool) dialConn() (*conn, error) {
 		return nil, err
 	}
 	now := time.Now()
-	return &conn{pool: p, raw: raw, tc: tc, calls: make(map[uint16]*call), born: now, lastUsed: now}, nil
+	return &conn{pool: p, raw: raw, tc: tc, calls: make(map[uint16]*call), born: now, lastUsed: now,
+		wake: make(chan struct{}, 1), done: make(chan struct{})}, nil
 }
 
 // janitor closes idle connections until the pool closes.
@@ -524,7 +554,7 @@ func (p *Pool) expireIdle(now time.Time) {
 	var idle []*conn
 	p.mu.Lock()
 	for _, c := range p.conns {
-		if len(c.calls) == 0 && now.Sub(c.lastUsed) >= p.cfg.Expire {
+		if c.activeLocked() == 0 && now.Sub(c.lastUsed) >= p.cfg.Expire {
 			idle = append(idle, c)
 		}
 	}

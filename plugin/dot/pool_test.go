@@ -10,6 +10,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -252,7 +253,7 @@ func TestStalledConnIsReplaced(t *testing.T) {
 		}
 		return dottest.Answer(q)
 	}})
-	p := newPool(t, srv, nil)
+	p := newPool(t, srv, func(c *Config) { c.Timeout = 100 * time.Millisecond }) // stalled after 50ms
 	if _, err := exchange(t, p, "a.example.org", 100*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("got %v from a stalled upstream, want a deadline error", err)
 	}
@@ -543,4 +544,80 @@ func TestPipeliningUpstreamStaysPipelined(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+func TestLargeQuery(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	p := newPool(t, srv, nil)
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeA)
+	m.SetEdns0(4096, false)
+	m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 1300)})
+	q, err := NewQuery(m) // larger than the pooled buffer
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Release()
+	if _, err := p.Exchange(context.Background(), q); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestShortDeadlineDoesNotCondemnConn(t *testing.T) {
+	srv, arrived, release := holdingServer(t)
+	p := newPool(t, srv, nil) // stalled only after a second of silence
+	slow := make(chan error, 1)
+	go func() {
+		_, err := exchange(t, p, "hold.example.org", 10*time.Second)
+		slow <- err
+	}()
+	<-arrived
+	if _, err := exchange(t, p, "hold2.example.org", 20*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want the short deadline to pass", err)
+	}
+	<-arrived
+	close(release)
+	if err := <-slow; err != nil {
+		t.Fatalf("the patient query: %v", err)
+	}
+	if n := srv.Accepted(); n != 1 || srv.Queries() != 2 {
+		t.Errorf("%d connections, %d queries: a query that gave up early replaced a healthy connection", n, srv.Queries())
+	}
+}
+
+func TestLateAnswerNeverAnswersAReusedID(t *testing.T) {
+	// Every query waits for release; the nth to arrive is answered 192.0.2.n.
+	arrived, release := make(chan struct{}, 2), make(chan struct{})
+	var n atomic.Int32
+	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		i := n.Add(1)
+		arrived <- struct{}{}
+		<-release
+		a := dottest.Answer(q)
+		a.Answer[0].(*dns.A).A = net.IPv4(192, 0, 2, byte(i))
+		return a
+	}})
+	p := newPool(t, srv, nil)
+	if _, err := exchange(t, p, "www.example.org", 20*time.Millisecond); err == nil {
+		t.Fatal("held query answered")
+	}
+	<-arrived
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.nextID-- // the next query would reuse the abandoned query's ID
+	}
+	p.mu.Unlock()
+	fresh := make(chan *dns.Msg, 1)
+	go func() {
+		a, err := exchange(t, p, "www.example.org", 10*time.Second)
+		if err != nil {
+			t.Error(err)
+		}
+		fresh <- a
+	}()
+	<-arrived
+	close(release)
+	if a := <-fresh; a == nil || !a.Answer[0].(*dns.A).A.Equal(net.IPv4(192, 0, 2, 2)) {
+		t.Fatalf("got %v, want the answer to the second query, 192.0.2.2", a)
+	}
 }

@@ -45,8 +45,10 @@ func NewQuery(m *dns.Msg) (*Query, error) {
 		return nil, ErrInvalidQuery
 	}
 	q := queryPool.Get().(*Query)
-	q.msg, q.frame, q.bp = m, buf[:2+len(packed)], bp
-	if &packed[0] != &buf[2] { // did not fit: PackBuffer allocated
+	q.msg = m
+	if &packed[0] == &buf[2] {
+		q.frame, q.bp = buf[:2+len(packed)], bp
+	} else { // did not fit: PackBuffer allocated
 		framePool.Put(bp)
 		q.frame, q.bp = append(make([]byte, 2, 2+len(packed)), packed...), nil
 	}

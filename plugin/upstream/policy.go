@@ -38,7 +38,7 @@ func (r *RoundRobin) List(ups []*Upstream) []*Upstream {
 	if len(ups) < 2 {
 		return ups
 	}
-	start := int(r.next.Add(1)-1) % len(ups)
+	start := int((r.next.Add(1) - 1) % uint32(len(ups)))
 	l := make([]*Upstream, 0, len(ups))
 	return append(append(l, ups[start:]...), ups[:start]...)
 }

@@ -60,7 +60,7 @@ func New(cfg Config) *Upstream {
 // Name returns the upstream as configured.
 func (u *Upstream) Name() string { return u.cfg.Name }
 
-// Config returns the upstream's configuration, with its defaults applied.
+// Config returns the upstream's configuration.
 func (u *Upstream) Config() Config { return u.cfg }
 
 // Pool returns the upstream's connection pool.
