@@ -499,3 +499,26 @@ func FuzzParse(f *testing.F) {
 		parse(caddy.NewTestController("dns", input))
 	})
 }
+
+// TestCorefileExample parses the dotstub stanza of Corefile.example, so the
+// example in the repository never drifts from the syntax. (Starting it would
+// dial the public resolvers it names.)
+func TestCorefileExample(t *testing.T) {
+	data, err := os.ReadFile("Corefile.example")
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data)
+	start := strings.Index(text, "dotstub ")
+	end := strings.Index(text[start:], "\n    }\n")
+	if start < 0 || end < 0 {
+		t.Fatal("no dotstub stanza with a block in Corefile.example")
+	}
+	ds, err := parse(caddy.NewTestController("dns", text[start:start+end+len("\n    }")]))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(ds[0].upstreams); n != 4 {
+		t.Errorf("%d upstreams, want the 4 of the example", n)
+	}
+}
