@@ -36,7 +36,6 @@ type conn struct {
 	nextID   uint16
 	closed   bool
 	lastUsed time.Time // when the last call completed
-	sent     int       // queries sent over the connection's life
 	answered int       // answers received over the connection's life
 	peak     int       // most calls in flight at once
 }

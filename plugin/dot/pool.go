@@ -252,7 +252,6 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 			id := c.allocIDLocked()
 			binary.BigEndian.PutUint16(cl.wbuf[2:], id)
 			c.calls[id] = cl
-			c.sent++
 			c.peak = max(c.peak, c.activeLocked())
 			p.mu.Unlock()
 			return c, nil

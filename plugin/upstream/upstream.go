@@ -63,9 +63,6 @@ func (u *Upstream) Name() string { return u.cfg.Name }
 // Config returns the upstream's configuration.
 func (u *Upstream) Config() Config { return u.cfg }
 
-// Pool returns the upstream's connection pool.
-func (u *Upstream) Pool() *dot.Pool { return u.pool }
-
 // Start warms the pool and starts the prober, if HealthCheck is set.
 func (u *Upstream) Start() {
 	u.pool.Start()
