@@ -106,7 +106,7 @@ func poolEvents(to string) dot.Events {
 		Closed: func(error) { conns.WithLabelValues(to).Dec() },
 		Serial: func(on bool) {
 			if on {
-				log.Warningf("Upstream %s: drops connections that carry pipelined queries; sending one query per connection for a while", to)
+				log.Warningf("Upstream %s: does not handle pipelined queries (it closes connections that carry several, or works on one at a time); sending one query per connection for five minutes", to)
 			} else {
 				log.Infof("Upstream %s: trying pipelined queries again", to)
 			}

@@ -22,8 +22,9 @@ type conn struct {
 	raw  net.Conn // the TCP socket under tc, closed directly to stop the reader
 	tc   *tls.Conn
 
-	wmu     sync.Mutex    // guards pending
+	wmu     sync.Mutex    // guards pending and seq
 	pending []byte        // frames waiting for the writer
+	seq     uint64        // frames queued over the connection's life
 	wake    chan struct{} // capacity 1: there is something to write
 	done    chan struct{} // closed when the connection fails
 
@@ -34,6 +35,7 @@ type conn struct {
 	calls    map[uint16]*call // in-flight queries by upstream ID; gaveUp for abandoned ones
 	gaveUp   int              // entries of calls that are gaveUp
 	nextID   uint16
+	order    order
 	closed   bool
 	lastUsed time.Time // when the last call completed
 	answered int       // answers received over the connection's life
@@ -57,9 +59,10 @@ func (c *conn) activeLocked() int { return len(c.calls) - c.gaveUp }
 // gone, someone else holds it and its result is coming on ch, which the
 // caller must drain before reusing the call.
 type call struct {
-	ch   chan result // buffered, capacity 1
-	wbuf []byte      // the frame as sent, with this call's ID
-	sent int64       // unix nanoseconds when written
+	ch   chan result   // buffered, capacity 1
+	wbuf []byte        // the frame as sent, with this call's ID
+	sent int64         // unix nanoseconds when queued for writing
+	seq  atomic.Uint64 // its place in the order of writing on the connection
 }
 
 type result struct {
@@ -80,10 +83,14 @@ func (c *conn) readLoop() {
 			c.pool.connFailed(c, err)
 			return
 		}
-		c.lastRead.Store(time.Now().UnixNano())
-		id := binary.BigEndian.Uint16(buf)
-		if cl := c.pool.complete(c, id); cl != nil {
+		now := time.Now().UnixNano()
+		c.lastRead.Store(now)
+		cl, serial := c.pool.complete(c, binary.BigEndian.Uint16(buf), now)
+		if cl != nil {
 			cl.ch <- result{buf: buf}
+		}
+		if serial && c.pool.cfg.Events.Serial != nil {
+			c.pool.cfg.Events.Serial(true)
 		}
 		// An answer to no call in flight is late (its caller gave up) or
 		// unsolicited; either way it is dropped.
@@ -92,8 +99,9 @@ func (c *conn) readLoop() {
 
 // write queues cl's frame for the writer.
 func (c *conn) write(cl *call) {
-	cl.sent = time.Now().UnixNano()
 	c.wmu.Lock()
+	c.seq++
+	cl.seq.Store(c.seq) // atomic: the reader reads it with no lock in common
 	c.pending = append(c.pending, cl.wbuf...)
 	c.wmu.Unlock()
 	select {

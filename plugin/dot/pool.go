@@ -17,10 +17,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -35,14 +33,7 @@ const (
 
 	minBackoff = 250 * time.Millisecond
 	maxBackoff = 5 * time.Second
-
-	// An upstream that drops connections carrying pipelined queries is
-	// sent one query per connection, over up to serialMaxConns connections,
-	// for serialFor; then pipelining is tried again.
-	serialStrikes  = 2
-	maxResends     = 2
-	serialMaxConns = 32
-	serialFor      = 5 * time.Minute
+	maxResends = 2
 )
 
 // Config configures a Pool.
@@ -251,6 +242,7 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 			}
 			id := c.allocIDLocked()
 			binary.BigEndian.PutUint16(cl.wbuf[2:], id)
+			cl.sent = time.Now().UnixNano()
 			c.calls[id] = cl
 			c.peak = max(c.peak, c.activeLocked())
 			p.mu.Unlock()
@@ -326,52 +318,6 @@ func (p *Pool) canDialLocked() bool {
 	return !p.dialing && len(p.conns) < p.maxConnsLocked() && !time.Now().Before(p.retryAt)
 }
 
-func (p *Pool) serialLocked() bool { return time.Now().Before(p.serialUntil) }
-
-func (p *Pool) maxInflightLocked() int {
-	if p.serialLocked() {
-		return 1
-	}
-	return p.cfg.MaxInflight
-}
-
-func (p *Pool) maxConnsLocked() int {
-	if p.serialLocked() {
-		return max(p.cfg.MaxConns, serialMaxConns)
-	}
-	return p.cfg.MaxConns
-}
-
-// judgePipeliningLocked looks at how c died for signs of an upstream that
-// does not handle pipelined queries: it closed the connection after answering
-// at most one query while others were in flight. Two such connections in a
-// row switch the pool to one query per connection for serialFor; a connection
-// that answered several queries clears the count. It reports a change.
-func (p *Pool) judgePipeliningLocked(c *conn, cause error) (changed, on bool) {
-	wasSerial := p.serialLocked()
-	if !wasSerial && !p.serialUntil.IsZero() { // the serial period is over
-		p.serialUntil, p.strikes = time.Time{}, 0
-		changed = true
-	}
-	switch {
-	case c.answered >= 2, c.answered > 0 && c.activeLocked() == 0:
-		p.strikes = 0
-	case c.activeLocked() > 0 && c.peak >= 2 && peerClosed(cause):
-		p.strikes++
-		if p.strikes >= serialStrikes && !wasSerial {
-			p.serialUntil = time.Now().Add(serialFor)
-			return true, true
-		}
-	}
-	return changed, false
-}
-
-// peerClosed reports whether err says the upstream closed or reset the
-// connection.
-func peerClosed(err error) bool {
-	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET)
-}
-
 // roundTrip writes cl on c and waits for its answer.
 func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error) {
 	c.write(cl) // a failed write fails c, which completes cl
@@ -407,23 +353,25 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error)
 	return nil, ctx.Err()
 }
 
-// complete removes and returns the call for id on c, or nil.
-func (p *Pool) complete(c *conn, id uint16) *call {
+// complete removes and returns the call for id on c, or nil, given that its
+// answer arrived at now. It reports whether the pool has just switched to one
+// query per connection.
+func (p *Pool) complete(c *conn, id uint16, now int64) (*call, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	cl, ok := c.calls[id]
 	if !ok {
-		return nil
+		return nil, false
 	}
 	delete(c.calls, id)
 	c.answered++
-	c.lastUsed = time.Now()
+	c.lastUsed = time.Unix(0, now)
 	if cl == abandoned {
 		c.gaveUp--
-		return nil
+		return nil, false
 	}
 	p.wakeLocked()
-	return cl
+	return cl, p.judgeOrderLocked(c, cl, now)
 }
 
 // connFailed closes c, if still open, and completes every call in flight on it
@@ -436,7 +384,7 @@ func (p *Pool) connFailed(c *conn, cause error) {
 	}
 	c.closed = true
 	close(c.done)
-	changed, serial := p.judgePipeliningLocked(c, cause)
+	changed, serial := p.judgeCloseLocked(c, cause)
 	for i, x := range p.conns {
 		if x == c {
 			p.conns = append(p.conns[:i], p.conns[i+1:]...)

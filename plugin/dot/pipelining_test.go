@@ -1,0 +1,212 @@
+package dot
+
+import (
+	"fmt"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+
+	"github.com/dotstub/dotstub/plugin/dottest"
+)
+
+// burst sends n queries at once over p and returns how many failed.
+func burst(t *testing.T, p *Pool, n int) (failed int) {
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := exchange(t, p, fmt.Sprintf("q%d.example.org", i), 10*time.Second); err != nil {
+				mu.Lock()
+				failed++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return failed
+}
+
+// serialEvents returns a Config change that sends every Serial event on the
+// returned channel.
+func serialEvents() (func(*Config), chan bool) {
+	ch := make(chan bool, 10)
+	return func(c *Config) { c.Events.Serial = func(on bool) { ch <- on } }, ch
+}
+
+// wantSerialOnce fails t unless exactly one Serial(true) event came.
+func wantSerialOnce(t *testing.T, ch chan bool) {
+	t.Helper()
+	select {
+	case on := <-ch:
+		if !on {
+			t.Fatal("Serial(false) before Serial(true)")
+		}
+	default:
+		t.Fatal("the pool did not fall back to one query per connection")
+	}
+	if len(ch) != 0 {
+		t.Errorf("Serial reported %d more times, want once", len(ch))
+	}
+}
+
+func wantNoSerial(t *testing.T, ch chan bool) {
+	t.Helper()
+	if len(ch) != 0 {
+		t.Error("a pipelining upstream was taken for one that cannot pipeline")
+	}
+}
+
+func TestFallBackToOneQueryPerConn(t *testing.T) {
+	// An upstream that takes a millisecond per query, one at a time, and
+	// closes the connection when a second query arrives meanwhile.
+	var mu sync.Mutex
+	busy := map[net.Conn]bool{}
+	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		if busy[c] {
+			return false
+		}
+		busy[c] = true
+		q := new(dns.Msg)
+		if q.Unpack(frame) != nil {
+			return false
+		}
+		a := pack(dottest.Answer(q))
+		time.AfterFunc(time.Millisecond, func() {
+			mu.Lock()
+			defer mu.Unlock()
+			c.Write(append([]byte{byte(len(a) >> 8), byte(len(a))}, a...))
+			busy[c] = false
+		})
+		return true
+	}})
+	events, serial := serialEvents()
+	p := newPool(t, srv, func(c *Config) {
+		c.MaxConns = 2
+		events(c)
+	})
+	burst(t, p, 20) // pipelined queries die with their connections; the pool notices
+	if failed := burst(t, p, 40); failed != 0 {
+		t.Errorf("%d of 40 queries failed after the fall-back", failed)
+	}
+	wantSerialOnce(t, serial)
+}
+
+func TestUpstreamWithQueryLimitStaysPipelined(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{CloseAfter: 10}) // a per-connection query limit
+	p := newPool(t, srv, func(c *Config) {
+		c.Events.Serial = func(bool) { t.Error("an upstream with a query limit was taken for one that cannot pipeline") }
+	})
+	var wg sync.WaitGroup
+	for w := range 4 { // connections die with queries in flight, after 10 answers
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				exchange(t, p, fmt.Sprintf("w%d-%d.example.org", w, i), 5*time.Second)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// oneAtATime is an upstream that reads a query, works on it for work, answers
+// it, and only then reads the next one, as a resolver that does not handle
+// pipelining does.
+func oneAtATime(work time.Duration) func(net.Conn, []byte) bool {
+	return func(c net.Conn, frame []byte) bool {
+		q := new(dns.Msg)
+		if q.Unpack(frame) != nil {
+			return false
+		}
+		time.Sleep(work) // the work, not a synchronization
+		a := pack(dottest.Answer(q))
+		_, err := c.Write(append([]byte{byte(len(a) >> 8), byte(len(a))}, a...))
+		return err == nil
+	}
+}
+
+func TestFallBackForInOrderUpstreamWithLongGaps(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{Raw: oneAtATime(10 * time.Millisecond)})
+	events, serial := serialEvents()
+	p := newPool(t, srv, func(c *Config) {
+		c.MaxConns = 1 // every query waits behind the others on one connection
+		events(c)
+	})
+	if failed := burst(t, p, 2*orderWindow); failed != 0 {
+		t.Errorf("%d queries failed", failed)
+	}
+	wantSerialOnce(t, serial)
+	p.mu.Lock()
+	inflight := p.maxInflightLocked()
+	p.mu.Unlock()
+	if inflight != 1 {
+		t.Errorf("%d queries per connection after the fall-back, want 1", inflight)
+	}
+	if failed := burst(t, p, 16); failed != 0 {
+		t.Errorf("%d of 16 queries failed after the fall-back", failed)
+	}
+}
+
+func TestFastInOrderUpstreamStaysPipelined(t *testing.T) {
+	// CoreDNS and many others answer the queries of one connection in order,
+	// one at a time, but in microseconds: pipelining is still the fast way.
+	srv := dottest.New(t, dottest.Options{Raw: oneAtATime(0)})
+	events, serial := serialEvents()
+	p := newPool(t, srv, events)
+	for range 4 {
+		if failed := burst(t, p, 4*orderWindow); failed != 0 {
+			t.Errorf("%d queries failed", failed)
+		}
+	}
+	wantNoSerial(t, serial)
+}
+
+func TestSlowParallelUpstreamStaysPipelined(t *testing.T) {
+	// Every answer takes 10ms, but they are worked on at once.
+	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		time.Sleep(10 * time.Millisecond) // the work, not a synchronization
+		return dottest.Answer(q)
+	}})
+	events, serial := serialEvents()
+	p := newPool(t, srv, events)
+	for range 4 {
+		if failed := burst(t, p, 2*orderWindow); failed != 0 {
+			t.Errorf("%d queries failed", failed)
+		}
+	}
+	wantNoSerial(t, serial)
+}
+
+func TestPacedQueriesToSlowUpstreamStayPipelined(t *testing.T) {
+	// A query every 6ms to an upstream 10ms away: the answers come in order,
+	// 6ms apart, each while the next query is out; but none waits behind
+	// another, so none takes longer than the fastest.
+	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		time.Sleep(10 * time.Millisecond) // the distance, not a synchronization
+		return dottest.Answer(q)
+	}})
+	events, serial := serialEvents()
+	p := newPool(t, srv, events)
+	var wg sync.WaitGroup
+	tick := time.NewTicker(6 * time.Millisecond)
+	defer tick.Stop()
+	for i := range 3 * orderWindow {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := exchange(t, p, fmt.Sprintf("q%d.example.org", i), 10*time.Second); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	wantNoSerial(t, serial)
+}
