@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 // conn is one TLS connection to an upstream carrying many queries at once
@@ -59,6 +61,7 @@ func (c *conn) activeLocked() int { return len(c.calls) - c.gaveUp }
 // gone, someone else holds it and its result is coming on ch, which the
 // caller must drain before reusing the call.
 type call struct {
+	q    *Query        // the query, to check its answer
 	ch   chan result   // buffered, capacity 1
 	wbuf []byte        // the frame as sent, with this call's ID
 	sent int64         // unix nanoseconds when queued for writing
@@ -66,14 +69,18 @@ type call struct {
 }
 
 type result struct {
-	buf []byte
+	msg *dns.Msg
 	err error
 }
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
 // readLoop reads answers until the connection fails, then hands the failure to
-// the pool, which completes every call still in flight.
+// the pool, which completes every call still in flight. It unpacks and checks
+// each answer before handing it to its caller: a bad one fails the connection,
+// since the other answers on it cannot be trusted either. (Unpacking here, on
+// a goroutine whose stack has grown once and for all, also spares each
+// caller's fresh goroutine a stack copy.)
 func (c *conn) readLoop() {
 	defer c.pool.wg.Done()
 	br := bufio.NewReaderSize(c.tc, 16<<10)
@@ -86,14 +93,20 @@ func (c *conn) readLoop() {
 		now := time.Now().UnixNano()
 		c.lastRead.Store(now)
 		cl, serial := c.pool.complete(c, binary.BigEndian.Uint16(buf), now)
-		if cl != nil {
-			cl.ch <- result{buf: buf}
-		}
 		if serial && c.pool.cfg.Events.Serial != nil {
 			c.pool.cfg.Events.Serial(true)
 		}
-		// An answer to no call in flight is late (its caller gave up) or
-		// unsolicited; either way it is dropped.
+		if cl == nil {
+			// An answer to no call in flight is late (its caller gave up)
+			// or unsolicited; either way it is dropped.
+			continue
+		}
+		a, err := cl.q.answer(buf)
+		cl.ch <- result{msg: a, err: err}
+		if err != nil {
+			c.pool.connFailed(c, err)
+			return
+		}
 	}
 }
 

@@ -187,8 +187,12 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 		defer cancel()
 	}
 	cl := callPool.Get().(*call)
+	cl.q = q
 	cl.wbuf = append(cl.wbuf[:0], q.frame...)
-	defer callPool.Put(cl) // every path below leaves cl out of any table with ch drained
+	defer func() { // every path below leaves cl out of any table with ch drained
+		cl.q = nil
+		callPool.Put(cl)
+	}()
 
 	var failedAt time.Time // when the last try failed
 	for resends := 0; ; resends++ {
@@ -196,20 +200,9 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 		if err != nil {
 			return nil, err
 		}
-		buf, err := p.roundTrip(ctx, c, cl)
+		a, err := p.roundTrip(ctx, c, cl)
 		if err == nil {
-			a := new(dns.Msg)
-			if uerr := a.Unpack(buf); uerr != nil {
-				err = fmt.Errorf("%w: %w", errBadAnswer, uerr)
-			} else if !q.match(a) {
-				err = fmt.Errorf("%w: it does not match the question", errBadAnswer)
-			} else {
-				a.Id = q.msg.Id
-				return a, nil
-			}
-			// A connection that brings a bad answer cannot be trusted with
-			// the other queries in flight on it either.
-			p.connFailed(c, err)
+			return a, nil
 		}
 		retryable := errors.Is(err, errConnLost) || errors.Is(err, errBadAnswer)
 		if resends == maxResends || !retryable || ctx.Err() != nil {
@@ -319,11 +312,11 @@ func (p *Pool) canDialLocked() bool {
 }
 
 // roundTrip writes cl on c and waits for its answer.
-func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error) {
+func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) (*dns.Msg, error) {
 	c.write(cl) // a failed write fails c, which completes cl
 	select {
 	case r := <-cl.ch:
-		return r.buf, r.err
+		return r.msg, r.err
 	case <-ctx.Done():
 	}
 	id := binary.BigEndian.Uint16(cl.wbuf[2:])
@@ -339,7 +332,7 @@ func (p *Pool) roundTrip(ctx context.Context, c *conn, cl *call) ([]byte, error)
 	p.mu.Unlock()
 	if !owned { // completed meanwhile: the result is on its way
 		r := <-cl.ch
-		return r.buf, r.err
+		return r.msg, r.err
 	}
 	switch waited := time.Now().UnixNano() - cl.sent; {
 	case c.lastRead.Load() < cl.sent && waited >= int64(p.stallAfter()):

@@ -3,6 +3,7 @@ package dot
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"strings"
 	"sync"
 
@@ -67,6 +68,21 @@ func (q *Query) Release() {
 	}
 	q.msg, q.frame, q.bp = nil, nil, nil
 	queryPool.Put(q)
+}
+
+// answer unpacks buf, an answer to q, and returns it with q's ID. An answer
+// that does not unpack or does not answer q's question is an error wrapping
+// errBadAnswer.
+func (q *Query) answer(buf []byte) (*dns.Msg, error) {
+	a := new(dns.Msg)
+	if err := a.Unpack(buf); err != nil {
+		return nil, fmt.Errorf("%w: %w", errBadAnswer, err)
+	}
+	if !q.match(a) {
+		return nil, fmt.Errorf("%w: it does not match the question", errBadAnswer)
+	}
+	a.Id = q.msg.Id
+	return a, nil
 }
 
 // match reports whether a is a response to q's question.
