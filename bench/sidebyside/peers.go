@@ -46,6 +46,15 @@ var peers = []peer{
     }
 }
 `},
+	// Not a forwarder: CoreDNS answering from the zone itself, on the same
+	// server path as dotstub and forward. Its CPU per query is the floor
+	// under any CoreDNS plugin.
+	{name: "CoreDNS file (no upstream)", file: "Corefile.floor", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
+    bind 127.0.0.1
+    multisocket 2
+    file {{.Dir}}/zone.db bench.test
+}
+`},
 	{name: "unbound", file: "unbound.conf", pkg: "unbound", cmd: []string{"unbound", "-d", "-c", "{{conf}}"}, conf: `server:
     interface: 127.0.0.1@{{.Port}}
     port: {{.Port}}
