@@ -14,9 +14,11 @@ import (
 	"log"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -47,6 +49,13 @@ func main() {
 		log.Fatal(err)
 	}
 	defer b.teardown()
+	go func() { // the peers die with the bench; the work directory goes too
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		<-sig
+		b.teardown()
+		os.Exit(1)
+	}()
 
 	l := fmt.Sprint(int(dur.Seconds()))
 	scenarios := []scenario{

@@ -141,7 +141,7 @@ func render(p peer, bin string, c conf) (*exec.Cmd, error) {
 	for i, a := range p.cmd {
 		args[i] = strings.NewReplacer("{{bin}}", bin, "{{conf}}", path).Replace(a)
 	}
-	cmd := exec.Command(args[0], args[1:]...)
+	cmd := command(args[0], args[1:]...)
 	cmd.Dir = c.Dir
 	return cmd, nil
 }

@@ -77,7 +77,7 @@ func (b *bench) setup() error {
 		return fmt.Errorf("upstream: %v", err)
 	}
 	addrFile := filepath.Join(b.dir, "relay.addr")
-	b.relayCmd = exec.Command(filepath.Join(b.bin, "relay"), "-listen", "127.0.0.1:0", "-to", b.upstream,
+	b.relayCmd = command(filepath.Join(b.bin, "relay"), "-listen", "127.0.0.1:0", "-to", b.upstream,
 		"-delay", delay.String(), "-addr-file", addrFile, "-stats", filepath.Join(b.dir, "relay.stats"))
 	if err := b.relayCmd.Start(); err != nil {
 		return err
@@ -192,7 +192,7 @@ func (b *bench) dnsperf(host string, port int, args []string, verbose bool) (res
 	if verbose {
 		all = append(all, "-v")
 	}
-	cmd := exec.Command("dnsperf", all...)
+	cmd := command("dnsperf", all...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		return result{}, err
@@ -426,4 +426,12 @@ func (b *bench) machine() string {
 		}
 	}
 	return fmt.Sprintf("%d cores (%s), load generator, forwarder and upstream on the same machine, %s", runtime.NumCPU(), model, time.Now().Format("2006-01-02"))
+}
+
+// command is exec.Command for a process that must not outlive the bench: the
+// kernel kills it when the bench dies, however it dies.
+func command(name string, args ...string) *exec.Cmd {
+	cmd := exec.Command(name, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	return cmd
 }
