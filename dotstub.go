@@ -12,6 +12,7 @@ package dotstub
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,7 @@ const defaultTimeout = 2 * time.Second
 // Errors ServeDNS returns with its SERVFAIL or REFUSED, for the errors plugin.
 var (
 	ErrNoUpstream    = errors.New("no upstream answered")
+	ErrNoHealthy     = errors.New("every upstream is down (failfast_all_unhealthy_upstreams)")
 	ErrLimitExceeded = errors.New("too many queries in flight (max_concurrent)")
 )
 
@@ -41,14 +43,18 @@ type Dotstub struct {
 	upstreams []*upstream.Upstream
 	policy    upstream.Policy
 
-	timeout       time.Duration // for one client query, all attempts included; default 2s
-	maxConcurrent int64         // queries in flight before REFUSED; zero is no limit
+	timeout        time.Duration // for one client query, all attempts included; default 2s
+	failfast       bool          // SERVFAIL at once when every upstream is down
+	failoverRcodes []int         // answers with these codes are asked of the next upstream too
+	hedge          hedge
+
+	maxConcurrent int64 // queries in flight before REFUSED; zero is no limit
 	concurrent    atomic.Int64
 }
 
 // New returns a Dotstub with every default and no upstream.
 func New() *Dotstub {
-	return &Dotstub{from: ".", policy: upstream.Random{}, timeout: defaultTimeout}
+	return &Dotstub{from: ".", policy: &upstream.Fastest{}, timeout: defaultTimeout}
 }
 
 // Name implements plugin.Handler.
@@ -85,6 +91,11 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 			return dns.RcodeRefused, ErrLimitExceeded
 		}
 	}
+	var buf [maxUpstreams]*upstream.Upstream
+	tries := d.candidates(buf[:0])
+	if len(tries) == 0 {
+		return dns.RcodeServerFailure, ErrNoHealthy
+	}
 	q, err := dot.NewQuery(r)
 	if err != nil {
 		return dns.RcodeFormatError, err
@@ -93,51 +104,91 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	// Healthy upstreams, in policy order; when every one is down, all of
-	// them anyway: the health record may be stale.
-	list := d.policy.List(d.upstreams)
-	var healthy [maxUpstreams]*upstream.Upstream
-	tries := healthy[:0]
-	for _, u := range list {
-		if !u.Down() {
-			tries = append(tries, u)
-		}
+	a, err := d.resolve(ctx, q, tries)
+	if a == nil {
+		return dns.RcodeServerFailure, err
 	}
-	if len(tries) == 0 {
-		tries = list
-	}
-	left := len(tries)
-	err = ErrNoUpstream
-	for _, u := range tries {
-		a, uerr := d.exchange(ctx, u, q, left)
-		left--
-		if uerr != nil {
-			err = uerr
-			upstreamErrors.WithLabelValues(u.Name(), upstream.Reason(uerr)).Inc()
-			if ctx.Err() != nil {
-				break
-			}
-			continue
-		}
-		w.WriteMsg(a)
-		return dns.RcodeSuccess, nil
-	}
-	return dns.RcodeServerFailure, err
+	w.WriteMsg(a)
+	return dns.RcodeSuccess, nil
 }
 
-// exchange asks u, giving it an equal share of the time left when left
-// upstreams remain to be tried, so that one that hangs does not take it all.
-func (d *Dotstub) exchange(ctx context.Context, u *upstream.Upstream, q *dot.Query, left int) (*dns.Msg, error) {
+// candidates appends to dst the upstreams to try, in policy order: the
+// healthy ones; when every one is down, all of them anyway (the health record
+// may be stale), or none with failfast_all_unhealthy_upstreams.
+func (d *Dotstub) candidates(dst []*upstream.Upstream) []*upstream.Upstream {
+	list := d.policy.List(dst, d.upstreams)
+	healthy := list[:0]
+	for _, u := range list {
+		if !u.Down() {
+			healthy = append(healthy, u)
+		}
+	}
+	if len(healthy) > 0 || d.failfast {
+		return healthy
+	}
+	return d.policy.List(dst[:0], d.upstreams)
+}
+
+// resolve asks the upstreams in turn until one answers, within ctx. Each but
+// the last gets its patience (see upstream.Patience), and never more than an
+// equal share of the time left, so that one that hangs does not take it all.
+// An answer whose RCODE is listed by failover is kept, and returned only when
+// no later upstream does better.
+func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.Upstream) (*dns.Msg, error) {
+	var kept *dns.Msg // an answer with a failover RCODE
+	err := ErrNoUpstream
+	for i := 0; i < len(tries); i++ {
+		u, left := tries[i], len(tries)-i
+		var a *dns.Msg
+		var uerr error
+		if d.hedge.on() && left > 1 {
+			var second bool
+			a, u, second, uerr = d.hedged(ctx, q, u, tries[i+1], left)
+			if second {
+				i++
+			}
+		} else {
+			a, uerr = d.attempt(ctx, u, q, left)
+		}
+		if uerr == nil && i < len(tries)-1 && slices.Contains(d.failoverRcodes, a.Rcode) {
+			kept = a
+			failovers.WithLabelValues(u.Name()).Inc()
+			continue
+		}
+		if uerr == nil {
+			return a, nil
+		}
+		err = uerr
+		if ctx.Err() != nil {
+			break
+		}
+		if i < len(tries)-1 {
+			failovers.WithLabelValues(u.Name()).Inc()
+		}
+	}
+	if kept != nil {
+		return kept, nil
+	}
+	return nil, err
+}
+
+// attempt asks u, for its patience or an equal share of the time left when
+// left upstreams remain to be tried, whichever is shorter.
+func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Query, left int) (*dns.Msg, error) {
 	start := time.Now()
 	if left > 1 {
 		deadline, _ := ctx.Deadline()
+		budget := min(deadline.Sub(start)/time.Duration(left), u.Patience())
 		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, start.Add(deadline.Sub(start)/time.Duration(left)))
+		ctx, cancel = context.WithDeadline(ctx, start.Add(budget))
 		defer cancel()
 	}
 	a, err := u.Exchange(ctx, q)
-	if err == nil {
+	switch {
+	case err == nil:
 		requestDuration.WithLabelValues(metrics.WithServer(ctx), u.Name(), dns.RcodeToString[a.Rcode]).Observe(time.Since(start).Seconds())
+	case !errors.Is(err, context.Canceled): // cancelled: another upstream answered first
+		upstreamErrors.WithLabelValues(u.Name(), upstream.Reason(err)).Inc()
 	}
 	return a, err
 }

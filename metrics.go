@@ -63,6 +63,27 @@ var (
 		Help:      "Counter of failed health-check probes.",
 	}, []string{"to"})
 
+	healthy = promauto.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "upstream_healthy",
+		Help:      "Gauge of each upstream's health: 1 when it takes queries, 0 while it is marked down after max_fails failures.",
+	}, []string{"to"})
+
+	failovers = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "failovers_total",
+		Help:      "Counter of queries that the upstream did not answer (or answered with a failover RCODE), so that the next one was asked.",
+	}, []string{"to"})
+
+	hedges = promauto.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "hedges_total",
+		Help:      "Counter of hedged queries sent to the upstream, by outcome: won (its answer was used) or lost.",
+	}, []string{"to", "outcome"})
+
 	maxConcurrentRejects = promauto.NewCounter(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
@@ -120,5 +141,20 @@ func probed(to string) func(error) {
 		if err != nil {
 			healthcheckFailures.WithLabelValues(to).Inc()
 		}
+	}
+}
+
+// changed logs to being marked down, with the failure that did it, and up
+// again, once each, and keeps its health gauge.
+func changed(to string) func(bool, error) {
+	healthy.WithLabelValues(to).Set(1)
+	return func(down bool, cause error) {
+		if down {
+			healthy.WithLabelValues(to).Set(0)
+			log.Warningf("Upstream %s: marked down (%s): %v; other upstreams take its queries while it is probed", to, upstream.Reason(cause), cause)
+			return
+		}
+		healthy.WithLabelValues(to).Set(1)
+		log.Infof("Upstream %s: up again", to)
 	}
 }

@@ -2,10 +2,7 @@ package dotstub
 
 import (
 	"crypto/tls"
-	"fmt"
 	"math"
-	"net"
-	"net/netip"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -73,9 +70,10 @@ type options struct {
 	to          []target    // TO, read before the block
 	tls         *tls.Config // from the tls option; nil means system roots
 	serverName  string      // tls_servername
-	pins        pin.Set
+	id          identity    // pin_sha256 and tls_ca, for all upstreams or some: identity.go
 	maxFails    uint32
 	healthCheck time.Duration
+	probeName   string // health_check's domain
 	expire      time.Duration
 	maxConns    int
 	maxInflight int
@@ -132,24 +130,21 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 	if opts.healthCheck == 0 { // no health checks: never skip an upstream
 		opts.maxFails = 0
 	}
-	for _, t := range opts.to {
-		name := t.serverName
-		if name == "" {
-			name = opts.serverName
-		}
-		if name == "" {
-			// No name given: verify the certificate against the IP address.
-			host, _, _ := net.SplitHostPort(t.addr)
-			name = host
-		}
+	tlsConfigs, err := opts.tlsConfigs()
+	if err != nil {
+		return nil, err
+	}
+	for i, t := range opts.to {
 		d.upstreams = append(d.upstreams, upstream.New(upstream.Config{
 			Name:        t.to,
 			MaxFails:    opts.maxFails,
 			HealthCheck: opts.healthCheck,
+			ProbeName:   opts.probeName,
 			Probed:      probed(t.to),
+			Changed:     changed(t.to),
 			Pool: dot.Config{
 				Addr:        t.addr,
-				TLS:         clientTLS(opts.tls, name, opts.pins),
+				TLS:         tlsConfigs[i],
 				MaxConns:    opts.maxConns,
 				MaxInflight: opts.maxInflight,
 				Timeout:     d.timeout,
@@ -159,22 +154,6 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 		}))
 	}
 	return d, nil
-}
-
-// clientTLS returns the TLS configuration for one upstream: base (or system
-// roots), verifying serverName and the pins, at least TLS 1.2, with a session
-// cache of its own so that reconnects resume.
-func clientTLS(base *tls.Config, serverName string, pins pin.Set) *tls.Config {
-	cfg := &tls.Config{}
-	if base != nil {
-		cfg = base.Clone()
-	}
-	cfg.ServerName = serverName
-	cfg.InsecureSkipVerify = false
-	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
-	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
-	pins.Apply(cfg)
-	return cfg
 }
 
 func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
@@ -206,6 +185,9 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		if err != nil {
 			return c.Errf("tls: %v", err)
 		}
+		if err := o.id.tlsGaveCA(c, len(args)%2 == 1); err != nil { // CA, or CERT KEY CA
+			return err
+		}
 		o.tls = cfg
 	case "tls_servername":
 		var name string
@@ -222,22 +204,22 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 			}
 		}
 		o.serverName = name
+	case "tls_ca":
+		if err := o.id.parseCA(c); err != nil {
+			return err
+		}
 	case "pin_sha256":
-		args := c.RemainingArgs()
-		if len(args) == 0 {
-			return argErr(c, opt)
+		if err := o.id.parsePins(c); err != nil {
+			return err
 		}
-		pins, err := pin.ParseSet(append(pinStrings(o.pins), args...))
-		if err != nil {
-			return c.Errf("pin_sha256: %v", err)
-		}
-		o.pins = pins
 	case "policy":
 		var p string
 		if !c.Args(&p) || c.NextArg() {
 			return argErr(c, opt)
 		}
 		switch p {
+		case "fastest":
+			d.policy = &upstream.Fastest{}
 		case "random":
 			d.policy = upstream.Random{}
 		case "round_robin":
@@ -245,14 +227,10 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		case "sequential":
 			d.policy = upstream.Sequential{}
 		default:
-			return c.Errf("policy: %q is not one of random, round_robin, sequential", p)
+			return c.Errf("policy: %q is not one of fastest, random, round_robin, sequential", p)
 		}
 	case "health_check":
-		dur, err := parseDuration(c, 0)
-		if err != nil {
-			return err
-		}
-		o.healthCheck = dur
+		return parseHealthCheck(c, o)
 	case "max_fails":
 		n, err := parseInt(c, 0, math.MaxInt32)
 		if err != nil {
@@ -289,9 +267,71 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 			return err
 		}
 		o.maxInflight = n
+	case "failfast_all_unhealthy_upstreams":
+		if c.NextArg() {
+			return argErr(c, opt)
+		}
+		d.failfast = true
+	case "failover":
+		args := c.RemainingArgs()
+		if len(args) == 0 {
+			return argErr(c, opt)
+		}
+		for _, a := range args {
+			rc, ok := dns.StringToRcode[strings.ToUpper(a)]
+			if !ok {
+				return c.Errf("failover: %q is not an RCODE", a)
+			}
+			if rc == dns.RcodeSuccess {
+				return c.Errf("failover: NOERROR is an answer, not a failure")
+			}
+			d.failoverRcodes = append(d.failoverRcodes, rc)
+		}
+	case "hedge":
+		var v string
+		if !c.Args(&v) || c.NextArg() {
+			return argErr(c, opt)
+		}
+		d.hedge.enabled = true
+		if v == "auto" {
+			d.hedge.auto = true
+			break
+		}
+		dur, err := time.ParseDuration(v)
+		if err != nil || dur < time.Millisecond {
+			return c.Errf("hedge: %q is neither auto nor a duration of 1ms or more", v)
+		}
+		d.hedge.delay = dur
 	default:
 		return c.Errf("unknown option %q", opt)
 	}
+	return nil
+}
+
+// parseHealthCheck reads health_check DURATION [domain NAME].
+func parseHealthCheck(c *caddy.Controller, o *options) error {
+	args := c.RemainingArgs()
+	if len(args) != 1 && len(args) != 3 {
+		return argErr(c, "health_check")
+	}
+	dur, err := time.ParseDuration(args[0])
+	if err != nil {
+		return c.Errf("health_check: %q is not a duration such as 500ms or 10s", args[0])
+	}
+	if dur < 0 {
+		return c.Errf("health_check: %s is negative", dur)
+	}
+	o.healthCheck = dur
+	if len(args) == 1 {
+		return nil
+	}
+	if args[1] != "domain" {
+		return c.Errf("health_check: %q: want domain NAME after the duration", args[1])
+	}
+	if _, ok := dns.IsDomainName(args[2]); !ok {
+		return c.Errf("health_check: domain %q is not a domain name", args[2])
+	}
+	o.probeName = dns.Fqdn(args[2])
 	return nil
 }
 
@@ -343,54 +383,4 @@ func parseInt(c *caddy.Controller, least, most int) (int, error) {
 		return 0, c.Errf("%s: %q is not an integer from %d to %d", opt, s, least, most)
 	}
 	return n, nil
-}
-
-// parseTo reads one upstream, spelled as forward spells a TLS upstream:
-// tls://IP[%SERVERNAME][:PORT], or a bare IP[:PORT], which means tls://.
-// IPv6 addresses take brackets when a port follows: tls://[2001:db8::1%dns.example]:853.
-// It returns the address to dial and the server name, if one was given.
-func parseTo(s string) (addr, serverName string, err error) {
-	rest := s
-	if scheme, after, ok := strings.Cut(s, "://"); ok {
-		if scheme != "tls" {
-			return "", "", fmt.Errorf("%q is not a tls:// upstream; dotstub never sends a query in clear", s)
-		}
-		rest = after
-	}
-	host, port := rest, ""
-	bracketed := strings.HasPrefix(host, "[")
-	if i := strings.LastIndex(host, "%"); i >= 0 {
-		host, serverName = rest[:i], rest[i+1:]
-		if j := strings.LastIndex(serverName, ":"); j >= 0 {
-			serverName, port = serverName[:j], serverName[j+1:]
-		}
-		if bracketed {
-			if !strings.HasSuffix(serverName, "]") {
-				return "", "", fmt.Errorf("%q: missing ']'", s)
-			}
-			serverName = strings.TrimSuffix(serverName, "]")
-			host = host[1:]
-		}
-		if _, ok := dns.IsDomainName(serverName); !ok || strings.TrimSuffix(serverName, ".") == "" || strings.ContainsAny(serverName, "[]/") {
-			return "", "", fmt.Errorf("%q: %q is not a server name", s, serverName)
-		}
-		serverName = strings.TrimSuffix(serverName, ".")
-	} else if h, p, err := net.SplitHostPort(rest); err == nil {
-		host, port = h, p
-	} else if bracketed && strings.HasSuffix(host, "]") {
-		host = host[1 : len(host)-1]
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || ip.Zone() != "" {
-		return "", "", fmt.Errorf("%q: %q is not an IP address (a host name would need a lookup in clear)", s, host)
-	}
-	if port == "" {
-		port = defaultPort
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return "", "", fmt.Errorf("%q: %q is not a port", s, port)
-	}
-	// Spelled canonically, so that 853 and 0853 are the same upstream.
-	return net.JoinHostPort(ip.String(), strconv.Itoa(n)), serverName, nil
 }

@@ -48,6 +48,16 @@ type parseTest struct {
 	pinned      bool          // TLS.VerifyConnection is set
 	rootCAs     bool          // TLS.RootCAs is set: tls with a CA
 	clientCert  bool          // TLS.Certificates holds one: tls with a cert and key
+
+	// Per upstream, in order, when upstreams differ in pins or CA (tls_ca,
+	// pin_sha256 SELECTOR): replaces pinned and rootCAs.
+	ids []wantID
+}
+
+// wantID is the TLS identity expected of one upstream.
+type wantID struct {
+	pins []*dottest.CA // the CAs whose certificates its pins accept; none: no pin check
+	ca   *dottest.CA   // the CA its RootCAs holds; nil: no RootCAs
 }
 
 // block returns a stanza for . and 192.0.2.1 whose block holds lines, the
@@ -64,6 +74,8 @@ func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
 var (
 	pinA = b64(bytes.Repeat([]byte{1}, 32))
 	pinB = b64(bytes.Repeat([]byte{2}, 32))
+	// pinSlash holds '/', which no server name does.
+	pinSlash = b64(bytes.Repeat([]byte{0xff}, 32))
 )
 
 // ips returns n upstreams, 192.0.2.1 to 192.0.2.n, and what they parse into.
@@ -75,6 +87,16 @@ func ips(n int) (to string, upstreams []string) {
 	}
 	return strings.Join(s, " "), upstreams
 }
+
+// mixed returns a stanza for . and four upstreams of two names, like
+// Cloudflare's and Quad9's, whose block holds lines, the first on line 2.
+func mixed(lines ...string) string {
+	return "dotstub . tls://192.0.2.1%a.example tls://192.0.2.2%a.example tls://192.0.2.3%b.example tls://[2001:db8::1%b.example]:8853 {\n" +
+		strings.Join(lines, "\n") + "\n}"
+}
+
+// mixedUps is what the upstreams of mixed parse into.
+var mixedUps = []string{"192.0.2.1:853 a.example", "192.0.2.2:853 a.example", "192.0.2.3:853 b.example", "[2001:db8::1]:8853 b.example"}
 
 // parseTests returns the table, with the files the tls rows name written to
 // a temporary directory.
@@ -103,6 +125,20 @@ func parseTests(tb testing.TB) []parseTest {
 	missing := filepath.Join(dir, "missing.pem")
 	to15, ups15 := ips(15)
 	to16, _ := ips(16)
+	// Identities for per-upstream pins and CAs: A, B, C and their CA files.
+	newCA := func(name string) *dottest.CA {
+		c, err := dottest.NewCA(name)
+		if err != nil {
+			tb.Fatal(err)
+		}
+		return c
+	}
+	caA, caB, caC := newCA("a.example"), newCA("b.example"), newCA("c.example")
+	caAFile, caBFile := file("a.pem", caA.PEM), file("b.pem", caB.PEM)
+	pA, pB, pC := caA.Pin().String(), caB.Pin().String(), caC.Pin().String()
+	pins := func(cas ...*dottest.CA) wantID { return wantID{pins: cas} }
+	caOnly := func(ca *dottest.CA) wantID { return wantID{ca: ca} }
+	none := wantID{}
 
 	return []parseTest{
 		// Stanza: FROM and TO.
@@ -169,11 +205,85 @@ func parseTests(tb testing.TB) []parseTest {
 		{name: "duplicate pin", input: block("pin_sha256 " + pinA + " " + pinA), wantErr: "pin_sha256: " + strconv.Quote(pinA) + " is given twice", line: 2},
 		{name: "duplicate pin on two lines", input: block("pin_sha256 "+pinA, "pin_sha256 sha256/"+pinA), wantErr: `pin_sha256: "sha256/` + pinA + `" is given twice`, line: 3},
 
+		// pin_sha256 SELECTOR
+		{name: "pins per server name", input: mixed("pin_sha256 a.example "+pA, "pin_sha256 b.example "+pB+" "+pC), upstreams: mixedUps,
+			ids: []wantID{pins(caA), pins(caA), pins(caB, caC), pins(caB, caC)}},
+		{name: "pins by name and by address", input: mixed("pin_sha256 a.example "+pA, "pin_sha256 192.0.2.3 "+pB, "pin_sha256 [2001:db8::1]:8853 "+pC), upstreams: mixedUps,
+			ids: []wantID{pins(caA), pins(caA), pins(caB), pins(caC)}},
+		{name: "pins for one upstream only", input: mixed("pin_sha256 192.0.2.2:853 sha256/" + pA), upstreams: mixedUps,
+			ids: []wantID{none, pins(caA), none, none}},
+		{name: "pins of one selector add up, however spelled", input: mixed("pin_sha256 192.0.2.1 "+pA, "pin_sha256 192.0.2.1:0853 "+pB, "pin_sha256 B.Example. "+pC, "pin_sha256 b.example "+pA), upstreams: mixedUps,
+			ids: []wantID{pins(caA, caB), none, pins(caA, caC), pins(caA, caC)}},
+		{name: "pins by IPv6 address, both spellings", input: "dotstub . 2001:db8::1 192.0.2.1 {\npin_sha256 2001:db8::1 " + pA + "\npin_sha256 [2001:db8::1]:853 " + pB + "\n}",
+			upstreams: []string{"[2001:db8::1]:853 2001:db8::1", "192.0.2.1:853 192.0.2.1"}, ids: []wantID{pins(caA, caB), none}},
+		{name: "pins by a tls_servername given after them", input: "dotstub . 192.0.2.1 192.0.2.2 {\npin_sha256 dns.example " + pA + "\ntls_servername dns.example\n}",
+			upstreams: []string{"192.0.2.1:853 dns.example", "192.0.2.2:853 dns.example"}, ids: []wantID{pins(caA), pins(caA)}},
+		{name: "pin selector selects nothing", input: mixed("policy random", "pin_sha256 c.example "+pA, "timeout 1s"),
+			wantErr: `pin_sha256: "c.example" selects no upstream of this block (server names: a.example, b.example; addresses: 192.0.2.1:853, 192.0.2.2:853, 192.0.2.3:853, [2001:db8::1]:8853)`, line: 3},
+		{name: "pin selector address on another port", input: "dotstub . 192.0.2.1:8853 {\npin_sha256 192.0.2.1 " + pA + "\n}",
+			wantErr: `pin_sha256: "192.0.2.1" selects no upstream of this block (addresses: 192.0.2.1:8853; an address without a port means port 853)`, line: 2},
+		{name: "pin selector address with another port", input: "dotstub . 192.0.2.1:8853 {\npin_sha256 192.0.2.1:53 " + pA + "\n}",
+			wantErr: `pin_sha256: "192.0.2.1:53" selects no upstream of this block (addresses: 192.0.2.1:8853)`, line: 2},
+		{name: "pin without its final =", input: mixed("pin_sha256 " + strings.TrimSuffix(pinA, "=") + " " + pB),
+			wantErr: `pin_sha256: "` + strings.TrimSuffix(pinA, "=") + `" selects no upstream of this block (server names: a.example, b.example; addresses: 192.0.2.1:853, 192.0.2.2:853, 192.0.2.3:853, [2001:db8::1]:8853); a pin ends in '='`, line: 2},
+		{name: "pin with a slash without its final =", input: mixed("pin_sha256 " + strings.TrimSuffix(pinSlash, "=")),
+			wantErr: `pin_sha256: "` + strings.TrimSuffix(pinSlash, "=") + `" is neither a server name nor an IP address; a pin ends in '='`, line: 2},
+		{name: "pin selector neither name nor address", input: mixed("pin_sha256 a.example/x " + pA), wantErr: `pin_sha256: "a.example/x" is neither a server name nor an IP address`, line: 2},
+		{name: "pin selector IPv6 without closing bracket", input: mixed("pin_sha256 [2001:db8::1:8853 " + pA), wantErr: `pin_sha256: "[2001:db8::1:8853" is neither a server name nor an IP address`, line: 2},
+		{name: "pin selector without pin", input: mixed("pin_sha256 a.example"), wantErr: `pin_sha256: "a.example" selects upstreams but gives no pin`, line: 2},
+		{name: "pin selector with a bad pin", input: mixed("pin_sha256 a.example abc="), wantErr: `pin_sha256: for "a.example": "abc=" is not base64 of a 32-byte SHA-256 digest`, line: 2},
+		{name: "pin selector with a second selector", input: mixed("pin_sha256 a.example b.example " + pA), wantErr: `pin_sha256: for "a.example": "b.example" is not base64`, line: 2},
+		{name: "duplicate pin of one selector", input: mixed("pin_sha256 a.example "+pA, "pin_sha256 A.EXAMPLE "+pA), wantErr: `pin_sha256: for "A.EXAMPLE": ` + strconv.Quote(pA) + " is given twice", line: 3},
+		{name: "upstream pinned by name and by address", input: mixed("pin_sha256 a.example "+pA, "pin_sha256 192.0.2.2 "+pB),
+			wantErr: `pin_sha256: "192.0.2.2" and "a.example" (line 2) both select tls://192.0.2.2%a.example; select each upstream once`, line: 3},
+		{name: "upstream pinned by tls_servername and by address", input: "dotstub . 192.0.2.1 192.0.2.2 {\ntls_servername dns.example\npin_sha256 192.0.2.1 " + pA + "\npin_sha256 dns.example " + pB + "\n}",
+			wantErr: `pin_sha256: "dns.example" and "192.0.2.1" (line 3) both select 192.0.2.1; select each upstream once`, line: 4},
+		{name: "pins for all, then for some", input: mixed("pin_sha256 "+pA, "pin_sha256 b.example "+pB),
+			wantErr: `pin_sha256: pins for "b.example" only, but line 2 gives pins for every upstream; give every upstream its own pins, or pins for all`, line: 3},
+		{name: "pins for some, then for all", input: mixed("pin_sha256 a.example "+pA, "pin_sha256 b.example "+pB, "pin_sha256 "+pC),
+			wantErr: `pin_sha256: pins for every upstream, but line 2 gives pins for "a.example" only; give every upstream its own pins, or pins for all`, line: 4},
+
+		// tls_ca
+		{name: "tls_ca for every upstream", input: block("tls_ca " + caAFile), upstreams: one, ids: []wantID{caOnly(caA)}},
+		{name: "tls_ca per server name", input: mixed("tls_ca a.example "+caAFile, "tls_ca b.example "+caBFile), upstreams: mixedUps,
+			ids: []wantID{caOnly(caA), caOnly(caA), caOnly(caB), caOnly(caB)}},
+		{name: "tls_ca for every upstream and for one", input: mixed("tls_ca 192.0.2.3 "+caBFile, "tls_ca "+caAFile), upstreams: mixedUps,
+			ids: []wantID{caOnly(caA), caOnly(caA), caOnly(caB), caOnly(caA)}},
+		{name: "tls CA and tls_ca for one", input: mixed("tls "+caAFile, "tls_ca [2001:db8::1]:8853 "+caBFile), upstreams: mixedUps,
+			ids: []wantID{caOnly(caA), caOnly(caA), caOnly(caA), caOnly(caB)}},
+		{name: "tls client cert and tls_ca for each name", input: mixed("tls "+certFile+" "+keyFile, "tls_ca a.example "+caAFile, "tls_ca b.example "+caBFile), upstreams: mixedUps,
+			clientCert: true, ids: []wantID{caOnly(caA), caOnly(caA), caOnly(caB), caOnly(caB)}},
+		{name: "tls client cert, then tls_ca for every upstream", input: block("tls "+certFile+" "+keyFile, "tls_ca "+caFile), upstreams: one, clientCert: true, rootCAs: true},
+		{name: "tls_ca and pins per upstream", input: mixed("tls_ca a.example "+caAFile, "pin_sha256 a.example "+pA, "tls_ca b.example "+caBFile, "pin_sha256 b.example "+pB), upstreams: mixedUps,
+			ids: []wantID{{pins: []*dottest.CA{caA}, ca: caA}, {pins: []*dottest.CA{caA}, ca: caA}, {pins: []*dottest.CA{caB}, ca: caB}, {pins: []*dottest.CA{caB}, ca: caB}}},
+		{name: "tls_ca without args", input: block("tls_ca"), wantErr: "tls_ca: wrong argument count", line: 2},
+		{name: "tls_ca 3 args", input: block("tls_ca 192.0.2.1 " + caAFile + " " + caBFile), wantErr: "tls_ca: wrong argument count", line: 2},
+		{name: "tls_ca missing file", input: mixed("tls_ca a.example " + missing), wantErr: "tls_ca: reading the CA file: open " + missing + ": no such file or directory", line: 2},
+		{name: "tls_ca not PEM", input: block("tls_ca " + notPEM), wantErr: "tls_ca: " + notPEM + " holds no PEM certificate", line: 2},
+		{name: "tls_ca selector selects nothing", input: mixed("tls_ca a.example "+caAFile, "tls_ca 192.0.2.4 "+caBFile),
+			wantErr: `tls_ca: "192.0.2.4" selects no upstream of this block`, line: 3},
+		{name: "tls_ca selector neither name nor address", input: mixed("tls_ca tls://192.0.2.1 " + caAFile), wantErr: `tls_ca: "tls://192.0.2.1" is neither a server name nor an IP address`, line: 2},
+		{name: "upstream given a CA by name and by address", input: mixed("tls_ca 192.0.2.3 "+caAFile, "tls_ca b.example "+caBFile),
+			wantErr: `tls_ca: "b.example" and "192.0.2.3" (line 2) both select tls://192.0.2.3%b.example; select each upstream once`, line: 3},
+		{name: "tls_ca twice for one selector", input: mixed("tls_ca a.example "+caAFile, "tls_ca a.example. "+caBFile), wantErr: `tls_ca: line 2 already gives a CA for "a.example"; give one`, line: 3},
+		{name: "tls_ca twice for every upstream", input: block("tls_ca "+caAFile, "tls_ca "+caBFile), wantErr: "tls_ca: line 2 already gives a CA for every upstream; give one", line: 3},
+		{name: "tls CA, then tls_ca for every upstream", input: block("tls "+caFile, "tls_ca "+caAFile), wantErr: "tls_ca: tls on line 2 already gives a CA for every upstream; give one", line: 3},
+		{name: "tls_ca for every upstream, then tls CA", input: block("tls_ca "+caAFile, "tls "+certFile+" "+keyFile+" "+caFile), wantErr: "tls: tls_ca on line 2 already gives a CA for every upstream; give one", line: 3},
+
+		// The example of the README, with placeholder pins.
+		{name: "README example", input: "dotstub . tls://1.1.1.1%cloudflare-dns.com tls://1.0.0.1%cloudflare-dns.com tls://9.9.9.9%dns.quad9.net {\n" +
+			"pin_sha256 cloudflare-dns.com " + pA + " " + pB + "\n" +
+			"pin_sha256 9.9.9.9 " + pC + "\n" +
+			"tls_ca dns.quad9.net " + caAFile + "\n}",
+			upstreams: []string{"1.1.1.1:853 cloudflare-dns.com", "1.0.0.1:853 cloudflare-dns.com", "9.9.9.9:853 dns.quad9.net"},
+			ids:       []wantID{pins(caA, caB), pins(caA, caB), {pins: []*dottest.CA{caC}, ca: caA}}},
+
 		// policy
 		{name: "policy random", input: block("policy random"), upstreams: one, policy: "random"},
 		{name: "policy round_robin", input: block("policy round_robin"), upstreams: one, policy: "round_robin"},
 		{name: "policy sequential", input: block("policy sequential"), upstreams: one, policy: "sequential"},
-		{name: "policy unknown", input: block("policy first"), wantErr: `policy: "first" is not one of random, round_robin, sequential`, line: 2},
+		{name: "policy fastest", input: block("policy fastest"), upstreams: one, policy: "fastest"},
+		{name: "policy unknown", input: block("policy first"), wantErr: `policy: "first" is not one of fastest, random, round_robin, sequential`, line: 2},
 		{name: "policy without arg", input: block("policy"), wantErr: "policy: wrong argument count", line: 2},
 		{name: "policy 2 args", input: block("policy random sequential"), wantErr: "policy: wrong argument count", line: 2},
 
@@ -183,6 +293,10 @@ func parseTests(tb testing.TB) []parseTest {
 		{name: "health_check negative", input: block("health_check -1s"), wantErr: "health_check: -1s is negative", line: 2},
 		{name: "health_check not a duration", input: block("health_check 5"), wantErr: `health_check: "5" is not a duration`, line: 2},
 		{name: "health_check 2 args", input: block("health_check 1s 2s"), wantErr: "health_check: wrong argument count", line: 2},
+		{name: "health_check domain", input: block("health_check 1s domain probe.example.net"), upstreams: one, healthCheck: time.Second},
+		{name: "health_check domain without name", input: block("health_check 1s domain"), wantErr: "health_check: wrong argument count", line: 2},
+		{name: "health_check other keyword", input: block("health_check 1s name x.example"), wantErr: `health_check: "name": want domain NAME after the duration`, line: 2},
+		{name: "health_check domain not a name", input: block("health_check 1s domain a..b"), wantErr: `health_check: domain "a..b" is not a domain name`, line: 2},
 
 		// max_fails
 		{name: "max_fails", input: block("max_fails 5"), upstreams: one, maxFails: new(uint32(5))},
@@ -276,7 +390,7 @@ func checkStanza(t *testing.T, d *Dotstub, tc parseTest) {
 	t.Helper()
 	wantFrom := cmp.Or(tc.from, ".")
 	wantTimeout := cmp.Or(tc.timeout, defaultTimeout)
-	wantPolicy := cmp.Or(tc.policy, "random")
+	wantPolicy := cmp.Or(tc.policy, "fastest")
 	wantHealth := cmp.Or(tc.healthCheck, upstream.DefaultHealthCheck)
 	if tc.healthCheck < 0 {
 		wantHealth = 0
@@ -348,11 +462,15 @@ func checkStanza(t *testing.T, d *Dotstub, tc parseTest) {
 		if c.ClientSessionCache == nil {
 			t.Errorf("%s: no session cache", pc.Addr)
 		}
-		if (c.VerifyConnection != nil) != tc.pinned {
-			t.Errorf("%s: VerifyConnection set %t, want %t", pc.Addr, c.VerifyConnection != nil, tc.pinned)
-		}
-		if (c.RootCAs != nil) != tc.rootCAs {
-			t.Errorf("%s: RootCAs set %t, want %t", pc.Addr, c.RootCAs != nil, tc.rootCAs)
+		if tc.ids != nil && len(got) <= len(tc.ids) {
+			checkID(t, pc.Addr, c, tc.ids[len(got)-1], tc.ids)
+		} else {
+			if (c.VerifyConnection != nil) != tc.pinned {
+				t.Errorf("%s: VerifyConnection set %t, want %t", pc.Addr, c.VerifyConnection != nil, tc.pinned)
+			}
+			if (c.RootCAs != nil) != tc.rootCAs {
+				t.Errorf("%s: RootCAs set %t, want %t", pc.Addr, c.RootCAs != nil, tc.rootCAs)
+			}
 		}
 		if (len(c.Certificates) == 1) != tc.clientCert {
 			t.Errorf("%s: %d client certificates, want one: %t", pc.Addr, len(c.Certificates), tc.clientCert)
@@ -360,6 +478,40 @@ func checkStanza(t *testing.T, d *Dotstub, tc parseTest) {
 	}
 	if !slices.Equal(got, tc.upstreams) {
 		t.Errorf("upstreams %q, want %q", got, tc.upstreams)
+	}
+}
+
+// checkID checks that c, the TLS configuration of the upstream at addr, has
+// the identity want: its pins accept the certificates of want.pins and those
+// of no other CA named in all, and its RootCAs is want.ca's.
+func checkID(t *testing.T, addr string, c *tls.Config, want wantID, all []wantID) {
+	t.Helper()
+	switch {
+	case want.ca == nil && c.RootCAs != nil:
+		t.Errorf("%s: RootCAs set, want none", addr)
+	case want.ca != nil && !want.ca.Pool.Equal(c.RootCAs):
+		t.Errorf("%s: RootCAs is not the pool of %s", addr, want.ca.Cert.Subject.CommonName)
+	}
+	if len(want.pins) == 0 {
+		if c.VerifyConnection != nil {
+			t.Errorf("%s: VerifyConnection set, want no pin", addr)
+		}
+		return
+	}
+	if c.VerifyConnection == nil {
+		t.Errorf("%s: VerifyConnection not set, want pins", addr)
+		return
+	}
+	for _, id := range all {
+		for _, ca := range append(id.pins, id.ca) {
+			if ca == nil {
+				continue
+			}
+			err := c.VerifyConnection(tls.ConnectionState{VerifiedChains: [][]*x509.Certificate{{ca.Cert}}})
+			if wantOK := slices.Contains(want.pins, ca); (err == nil) != wantOK {
+				t.Errorf("%s: a chain of %s accepted %t, want %t", addr, ca.Cert.Subject.CommonName, err == nil, wantOK)
+			}
+		}
 	}
 }
 

@@ -31,9 +31,10 @@ const (
 	DefaultTimeout     = 2 * time.Second
 	DefaultExpire      = 10 * time.Second
 
-	minBackoff = 250 * time.Millisecond
-	maxBackoff = 5 * time.Second
-	maxResends = 2
+	minBackoff     = 250 * time.Millisecond
+	maxBackoff     = 5 * time.Second
+	maxAuthBackoff = time.Minute
+	maxResends     = 2
 )
 
 // Config configures a Pool.
@@ -45,6 +46,12 @@ type Config struct {
 	MaxInflight int           // queries in flight per connection; default DefaultMaxInflight
 	Timeout     time.Duration // dial and handshake, and an Exchange whose context has no deadline; default DefaultTimeout
 	Expire      time.Duration // close a connection idle this long; default DefaultExpire, negative never
+
+	// IsAuth reports whether a failed dial failed to authenticate the
+	// server (its chain, name or pin) rather than to reach it. Such failures
+	// back off up to a minute instead of 5s: a server that presents the
+	// wrong key will not present the right one a second later.
+	IsAuth func(error) bool
 
 	Events Events
 }
@@ -434,7 +441,11 @@ func (p *Pool) dial() {
 		err = ErrClosed
 	case err != nil:
 		p.dialErr = err
-		p.backoff = min(max(2*p.backoff, minBackoff), maxBackoff)
+		ceiling := maxBackoff
+		if p.cfg.IsAuth != nil && p.cfg.IsAuth(err) {
+			ceiling = maxAuthBackoff
+		}
+		p.backoff = min(max(2*p.backoff, minBackoff), ceiling)
 		p.retryAt = time.Now().Add(p.backoff)
 	default:
 		p.dialErr, p.backoff, p.retryAt = nil, 0, time.Time{}

@@ -539,3 +539,35 @@ func TestLateAnswerNeverAnswersAReusedID(t *testing.T) {
 		t.Fatalf("got %v, want the answer to the second query, 192.0.2.2", a)
 	}
 }
+
+func TestAuthFailuresBackOffLonger(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	for _, tc := range []struct {
+		name string
+		auth bool
+		want time.Duration
+	}{
+		{"authentication failure", true, maxAuthBackoff},
+		{"network failure", false, maxBackoff},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := newPool(t, srv, func(c *Config) {
+				c.TLS.ServerName = "other.test" // fails verification
+				c.IsAuth = func(error) bool { return tc.auth }
+			})
+			for range 12 {
+				p.mu.Lock()
+				p.retryAt = time.Time{} // as if the backoff had passed
+				p.mu.Unlock()
+				if _, err := exchange(t, p, "a.example.org", 5*time.Second); err == nil {
+					t.Fatal("query answered by a server that failed verification")
+				}
+			}
+			p.mu.Lock()
+			defer p.mu.Unlock()
+			if p.backoff != tc.want {
+				t.Errorf("backoff after 12 failed dials: %s, want %s", p.backoff, tc.want)
+			}
+		})
+	}
+}

@@ -6,6 +6,7 @@ package upstream
 import (
 	"cmp"
 	"context"
+	"errors"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,17 +34,29 @@ type Config struct {
 	// failing. Zero never probes; set MaxFails to zero with it, or an upstream
 	// marked down stays down until every other one is down too.
 	HealthCheck time.Duration
+	// ProbeName is the name a probe asks for, type NS; default the root.
+	ProbeName string
 	// Probed, if set, is called after each health probe with its outcome.
 	Probed func(err error)
+	// Changed, if set, is called when the upstream is marked down, with the
+	// failure that did it, and when it is up again, with nil.
+	Changed func(down bool, cause error)
 }
 
 // Upstream is one upstream server. A failed query or probe triggers probing,
-// a query for ". IN NS" every HealthCheck, over the pool's own connections,
-// until one succeeds. Probing is never a fresh handshake per probe unless the
-// pool holds no connection.
+// a query for ProbeName IN NS every HealthCheck, over the pool's own
+// connections, until one succeeds. Probing is never a fresh handshake per
+// probe unless the pool holds no connection, and never a handshake at all
+// while the pool backs off after a failed one.
+//
+// A query fails when it brings no answer: an error, or no answer within the
+// upstream's patience (see Patience). A query that its caller stops waiting
+// for sooner, because another upstream answered it first, says nothing about
+// this one.
 type Upstream struct {
 	cfg  Config
 	pool *dot.Pool
+	lat  latency
 
 	fails   atomic.Uint32 // consecutive failures
 	trigger chan struct{} // buffered, capacity 1: asks the prober to start
@@ -54,6 +67,12 @@ type Upstream struct {
 
 // New returns an upstream; Start starts it.
 func New(cfg Config) *Upstream {
+	if cfg.ProbeName == "" {
+		cfg.ProbeName = "."
+	}
+	if cfg.Pool.IsAuth == nil {
+		cfg.Pool.IsAuth = IsAuth
+	}
 	return &Upstream{cfg: cfg, pool: dot.New(cfg.Pool), trigger: make(chan struct{}, 1), stop: make(chan struct{})}
 }
 
@@ -87,19 +106,57 @@ func (u *Upstream) Down() bool {
 
 // Exchange sends q over the upstream's pool and records the outcome.
 func (u *Upstream) Exchange(ctx context.Context, q *dot.Query) (*dns.Msg, error) {
+	start := time.Now()
 	a, err := u.pool.Exchange(ctx, q)
-	u.record(err)
+	took := time.Since(start)
+	switch {
+	case err == nil:
+		u.lat.add(took)
+		u.ok()
+	case errors.Is(err, context.Canceled) && took < u.Patience():
+		// Given up early by the caller: no verdict.
+	default:
+		// A failure weighs at least twice the patience in the smoothed
+		// answer time, so that an upstream that fails fast does not look
+		// fast.
+		u.lat.add(max(took, 2*u.Patience()))
+		u.fail(err)
+	}
 	return a, err
 }
 
-func (u *Upstream) record(err error) {
-	if err == nil {
-		if u.fails.Load() != 0 {
-			u.fails.Store(0)
-		}
+// Patience is how long a query should wait for this upstream before another
+// is tried: its smoothed answer time plus four times their mean deviation, as
+// TCP's retransmission timer, and at least 250ms; 500ms until it has answered
+// or failed once.
+func (u *Upstream) Patience() time.Duration {
+	if p := u.lat.patience.Load(); p > 0 {
+		return time.Duration(p)
+	}
+	return initialPatience
+}
+
+// Smoothed returns the upstream's smoothed answer time; zero until it has
+// answered or failed once.
+func (u *Upstream) Smoothed() time.Duration { return time.Duration(u.lat.srtt.Load()) }
+
+// P95 returns the 95th percentile of the upstream's recent answer times; zero
+// until it has answered 128 queries.
+func (u *Upstream) P95() time.Duration { return time.Duration(u.lat.p95.Load()) }
+
+func (u *Upstream) ok() {
+	if u.fails.Load() == 0 { // the common case: no write to share between cores
 		return
 	}
-	u.fails.Add(1)
+	if n := u.fails.Swap(0); u.cfg.MaxFails > 0 && n >= u.cfg.MaxFails && u.cfg.Changed != nil {
+		u.cfg.Changed(false, nil)
+	}
+}
+
+func (u *Upstream) fail(err error) {
+	if n := u.fails.Add(1); n == u.cfg.MaxFails && u.cfg.Changed != nil {
+		u.cfg.Changed(true, err)
+	}
 	select {
 	case u.trigger <- struct{}{}:
 	default: // already triggered
@@ -129,10 +186,12 @@ func (u *Upstream) prober() {
 	}
 }
 
-// Probe sends one health-check query and records its outcome.
+// Probe sends one health-check query and records its outcome. An upstream
+// that was down and answers the probe starts afresh: its answer times from
+// before are forgotten.
 func (u *Upstream) Probe() error {
 	m := new(dns.Msg)
-	m.SetQuestion(".", dns.TypeNS)
+	m.SetQuestion(u.cfg.ProbeName, dns.TypeNS)
 	q, err := dot.NewQuery(m)
 	if err != nil {
 		return err
@@ -140,11 +199,15 @@ func (u *Upstream) Probe() error {
 	defer q.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(u.cfg.HealthCheck, dot.DefaultTimeout))
 	defer cancel()
+	start := time.Now()
 	_, err = u.pool.Exchange(ctx, q)
 	if err == nil {
-		u.fails.Store(0)
+		if u.Down() {
+			u.lat.reset(time.Since(start))
+		}
+		u.ok()
 	} else {
-		u.fails.Add(1)
+		u.fail(err)
 	}
 	if u.cfg.Probed != nil {
 		u.cfg.Probed(err)

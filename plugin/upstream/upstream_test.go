@@ -20,6 +20,55 @@ import (
 	"github.com/dotstub/dotstub/plugin/pin"
 )
 
+func TestFastest(t *testing.T) {
+	a, b, c := New(Config{Name: "a"}), New(Config{Name: "b"}), New(Config{Name: "c"})
+	a.lat.add(30 * time.Millisecond)
+	b.lat.add(10 * time.Millisecond)
+	// c has not answered yet: it goes first, to be measured.
+	f := &Fastest{}
+	if got := names(f.List(nil, []*Upstream{a, b, c})); !slices.Equal(got, []string{"c", "b", "a"}) {
+		t.Fatalf("fastest: %v, want c, b, a", got)
+	}
+	c.lat.add(20 * time.Millisecond)
+	first := map[string]int{}
+	for range 20 * exploreEvery {
+		first[f.List(nil, []*Upstream{a, b, c})[0].Name()]++
+	}
+	// Every exploreEvery-th query explores: a and c in turn.
+	if first["b"] != 19*20 || first["a"] != 10 || first["c"] != 10 {
+		t.Errorf("fastest first picks: %v, want b 380, a 10, c 10", first)
+	}
+}
+
+func TestPatience(t *testing.T) {
+	u := New(Config{Name: "a"})
+	if u.Patience() != initialPatience || u.Smoothed() != 0 {
+		t.Fatalf("an upstream never asked: patience %s, smoothed %s", u.Patience(), u.Smoothed())
+	}
+	for range 50 {
+		u.lat.add(time.Millisecond)
+	}
+	if p := u.Patience(); p != minPatience {
+		t.Errorf("patience %s for an upstream answering in 1ms, want the floor %s", p, minPatience)
+	}
+	for range 50 {
+		u.lat.add(400 * time.Millisecond)
+	}
+	if p := u.Patience(); p < 400*time.Millisecond {
+		t.Errorf("patience %s for an upstream answering in 400ms", p)
+	}
+	for i := range recentLen {
+		u.lat.add(time.Duration(i+1) * time.Millisecond)
+	}
+	if p := u.P95(); p != 122*time.Millisecond {
+		t.Errorf("p95 of 1..128ms = %s, want 122ms", p)
+	}
+	u.lat.reset(5 * time.Millisecond)
+	if u.Smoothed() != 5*time.Millisecond || u.P95() != 0 {
+		t.Errorf("after reset: smoothed %s, p95 %s", u.Smoothed(), u.P95())
+	}
+}
+
 func names(ups []*Upstream) []string {
 	var out []string
 	for _, u := range ups {
@@ -30,13 +79,13 @@ func names(ups []*Upstream) []string {
 
 func TestPolicies(t *testing.T) {
 	ups := []*Upstream{New(Config{Name: "a"}), New(Config{Name: "b"}), New(Config{Name: "c"})}
-	if got := names(Sequential{}.List(ups)); !slices.Equal(got, []string{"a", "b", "c"}) {
+	if got := names(Sequential{}.List(nil, ups)); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Errorf("sequential: %v", got)
 	}
 	rr := &RoundRobin{}
 	first := map[string]int{}
 	for range 300 {
-		l := rr.List(ups)
+		l := rr.List(nil, ups)
 		if len(l) != 3 {
 			t.Fatalf("round_robin listed %v", names(l))
 		}
@@ -46,7 +95,7 @@ func TestPolicies(t *testing.T) {
 		t.Errorf("round_robin first picks: %v, want 100 each", first)
 	}
 	for range 20 {
-		got := names(Random{}.List(ups))
+		got := names(Random{}.List(nil, ups))
 		slices.Sort(got)
 		if !slices.Equal(got, []string{"a", "b", "c"}) {
 			t.Fatalf("random is not a permutation: %v", got)
@@ -98,7 +147,10 @@ func exchange(u *Upstream) error {
 func TestDownAfterMaxFailsAndProbedBack(t *testing.T) {
 	var broken atomic.Bool
 	srv := switchable(t, &broken)
-	u := newUpstream(t, srv, Config{Name: "u", MaxFails: 2})
+	var changes []string
+	u := newUpstream(t, srv, Config{Name: "u", MaxFails: 2, Changed: func(down bool, cause error) {
+		changes = append(changes, fmt.Sprintf("down %v (%s)", down, Reason(cause)))
+	}})
 	if err := exchange(u); err != nil || u.Down() {
 		t.Fatalf("healthy upstream: %v, down %v", err, u.Down())
 	}
@@ -115,6 +167,12 @@ func TestDownAfterMaxFailsAndProbedBack(t *testing.T) {
 	broken.Store(false)
 	if err := u.Probe(); err != nil || u.Down() {
 		t.Fatalf("probe after repair: %v, down %v; want up", err, u.Down())
+	}
+	if err := exchange(u); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"down true (reset)", "down false (ok)"}; !slices.Equal(changes, want) {
+		t.Errorf("state changes %q, want %q: each once", changes, want)
 	}
 }
 

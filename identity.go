@@ -1,0 +1,373 @@
+package dotstub
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/coredns/caddy"
+	"github.com/coredns/caddy/caddyfile"
+	"github.com/coredns/coredns/core/dnsserver"
+	"github.com/miekg/dns"
+
+	"github.com/dotstub/dotstub/plugin/pin"
+)
+
+// identity is what the pin_sha256 and tls_ca lines of a stanza say about the
+// TLS identity of its upstreams: for all of them, or, with a SELECTOR, for
+// those it selects. Selectors are resolved once the whole block is read, since
+// a tls_servername line may follow the lines that select by that name; each
+// line keeps a copy of the dispenser there, so that errors found then still
+// name it.
+type identity struct {
+	pins   pin.Set              // pin_sha256 PIN...: for every upstream
+	pinsAt *caddyfile.Dispenser // first such line; nil if none
+	ca     *x509.CertPool       // tls_ca FILE: for every upstream; nil if none
+	caAt   *caddyfile.Dispenser // that line
+	tlsCA  *caddyfile.Dispenser // a tls line that gave a CA; nil if none
+	pinsBy []*selection         // pin_sha256 SELECTOR PIN..., in order of first appearance
+	caBy   []*selection         // tls_ca SELECTOR FILE, likewise
+}
+
+// selection is what one option gives the upstreams one selector picks, over
+// every line that names that selector.
+type selection struct {
+	sel  selector
+	at   caddyfile.Dispenser // the first line naming sel
+	pins pin.Set
+	ca   *x509.CertPool
+}
+
+// selector picks upstreams of a stanza by server name (every upstream that has
+// it), or by address (the one upstream there).
+type selector struct {
+	text string // as first written
+	name string // lower case, without a final dot; "" for an address
+	addr string // host:port as parseTo spells it, port 853 by default; "" for a name
+}
+
+// isPin tells a pin from a selector: the base64 of a SHA-256 digest always
+// ends in '=', which no server name or IP address holds.
+func isPin(s string) bool { return strings.HasSuffix(s, "=") || strings.HasPrefix(s, "sha256/") }
+
+// parseSelector reads the SELECTOR of a pin_sha256 or tls_ca line: an address
+// spelled as a TO is (without tls:// or %NAME), or else a server name.
+func parseSelector(s string) (selector, error) {
+	if addr, name, err := parseTo(s); err == nil && name == "" && !strings.Contains(s, "://") {
+		return selector{text: s, addr: addr}, nil
+	}
+	if _, ok := dns.IsDomainName(s); !ok || strings.ContainsAny(s, "/:[]%") || strings.TrimSuffix(s, ".") == "" {
+		return selector{}, fmt.Errorf("%q is neither a server name nor an IP address%s", s, pinHint(s))
+	}
+	return selector{text: s, name: strings.ToLower(strings.TrimSuffix(s, "."))}, nil
+}
+
+// selects reports whether s picks the upstream t, whose server name, if
+// configured, is name.
+func (s selector) selects(t target, name string) bool {
+	if s.addr != "" {
+		return s.addr == t.addr
+	}
+	return s.name == strings.ToLower(name)
+}
+
+// selectionFor returns the entry of *list for sel, adding one at c's line if
+// there is none.
+func selectionFor(list *[]*selection, sel selector, c *caddy.Controller) *selection {
+	for _, s := range *list {
+		if s.sel.name == sel.name && s.sel.addr == sel.addr {
+			return s
+		}
+	}
+	s := &selection{sel: sel, at: c.Dispenser}
+	*list = append(*list, s)
+	return s
+}
+
+// parsePins reads a pin_sha256 line: PIN... for every upstream, or
+// SELECTOR PIN... for those it selects. Pins add up over lines, as long as a
+// stanza gives either pins for all or pins per upstream.
+func (id *identity) parsePins(c *caddy.Controller) error {
+	args := c.RemainingArgs()
+	if len(args) == 0 {
+		return argErr(c, "pin_sha256")
+	}
+	const either = "give every upstream its own pins, or pins for all"
+	if isPin(args[0]) {
+		if len(id.pinsBy) > 0 {
+			first := id.pinsBy[0]
+			return c.Errf("pin_sha256: pins for every upstream, but line %d gives pins for %q only; %s", first.at.Line(), first.sel.text, either)
+		}
+		pins, err := pin.ParseSet(append(pinStrings(id.pins), args...))
+		if err != nil {
+			return c.Errf("pin_sha256: %v", err)
+		}
+		if id.pinsAt == nil {
+			at := c.Dispenser
+			id.pinsAt = &at
+		}
+		id.pins = pins
+		return nil
+	}
+	sel, err := parseSelector(args[0])
+	if err != nil {
+		return c.Errf("pin_sha256: %v", err)
+	}
+	if len(args) == 1 {
+		return c.Errf("pin_sha256: %q selects upstreams but gives no pin", sel.text)
+	}
+	if id.pinsAt != nil {
+		return c.Errf("pin_sha256: pins for %q only, but line %d gives pins for every upstream; %s", sel.text, id.pinsAt.Line(), either)
+	}
+	s := selectionFor(&id.pinsBy, sel, c)
+	pins, err := pin.ParseSet(append(pinStrings(s.pins), args[1:]...))
+	if err != nil {
+		return c.Errf("pin_sha256: for %q: %v", sel.text, err)
+	}
+	s.pins = pins
+	return nil
+}
+
+// parseCA reads a tls_ca line: FILE for every upstream, or SELECTOR FILE for
+// those it selects.
+func (id *identity) parseCA(c *caddy.Controller) error {
+	args := c.RemainingArgs()
+	if len(args) == 0 || len(args) > 2 {
+		return argErr(c, "tls_ca")
+	}
+	var sel selector
+	if len(args) == 2 {
+		var err error
+		if sel, err = parseSelector(args[0]); err != nil {
+			return c.Errf("tls_ca: %v", err)
+		}
+	}
+	file := args[len(args)-1]
+	if root := dnsserver.GetConfig(c).Root; !filepath.IsAbs(file) && root != "" {
+		file = filepath.Join(root, file)
+	}
+	ca, err := loadCA(file)
+	if err != nil {
+		return c.Errf("tls_ca: %v", err)
+	}
+	if len(args) == 1 {
+		switch {
+		case id.caAt != nil:
+			return c.Errf("tls_ca: line %d already gives a CA for every upstream; give one", id.caAt.Line())
+		case id.tlsCA != nil:
+			return c.Errf("tls_ca: tls on line %d already gives a CA for every upstream; give one", id.tlsCA.Line())
+		}
+		at := c.Dispenser
+		id.ca, id.caAt = ca, &at
+		return nil
+	}
+	s := selectionFor(&id.caBy, sel, c)
+	if s.ca != nil {
+		return c.Errf("tls_ca: line %d already gives a CA for %q; give one", s.at.Line(), s.sel.text)
+	}
+	s.ca = ca
+	return nil
+}
+
+// tlsGaveCA records that the current tls line gives a CA (gave), or not.
+func (id *identity) tlsGaveCA(c *caddy.Controller, gave bool) error {
+	id.tlsCA = nil
+	if !gave {
+		return nil
+	}
+	if id.caAt != nil {
+		return c.Errf("tls: tls_ca on line %d already gives a CA for every upstream; give one", id.caAt.Line())
+	}
+	at := c.Dispenser
+	id.tlsCA = &at
+	return nil
+}
+
+// loadCA reads a bundle of PEM certificates.
+func loadCA(file string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("reading the CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", file)
+	}
+	return pool, nil
+}
+
+// configuredName returns the server name given for t, by %NAME or
+// tls_servername, or "".
+func (o *options) configuredName(t target) string {
+	if t.serverName != "" {
+		return t.serverName
+	}
+	return o.serverName
+}
+
+// tlsConfigs returns the TLS configuration of each upstream of o.to, in
+// order: its server name, its CA (its own, the stanza's, or the system
+// roots) and its pins (its own or the stanza's).
+func (o *options) tlsConfigs() ([]*tls.Config, error) {
+	pinsBy, err := o.resolve(o.id.pinsBy, "pin_sha256")
+	if err != nil {
+		return nil, err
+	}
+	caBy, err := o.resolve(o.id.caBy, "tls_ca")
+	if err != nil {
+		return nil, err
+	}
+	cfgs := make([]*tls.Config, len(o.to))
+	for i, t := range o.to {
+		name := o.configuredName(t)
+		if name == "" {
+			// No name given: verify the certificate against the IP address.
+			name, _, _ = net.SplitHostPort(t.addr)
+		}
+		pins := o.id.pins
+		if s := pinsBy[i]; s != nil {
+			pins = s.pins
+		}
+		cfgs[i] = clientTLS(o.tls, name, pins) // a fresh copy
+		if s := caBy[i]; s != nil {
+			cfgs[i].RootCAs = s.ca
+		} else if o.id.ca != nil {
+			cfgs[i].RootCAs = o.id.ca
+		}
+	}
+	return cfgs, nil
+}
+
+// resolve returns, for each upstream of o.to, the selection of sels that
+// picks it, or nil. Every selector must pick some upstream, and no upstream
+// may be picked twice.
+func (o *options) resolve(sels []*selection, opt string) ([]*selection, error) {
+	by := make([]*selection, len(o.to))
+	for _, s := range sels {
+		picked := false
+		for i, t := range o.to {
+			if !s.sel.selects(t, o.configuredName(t)) {
+				continue
+			}
+			if prev := by[i]; prev != nil {
+				return nil, s.at.Errf("%s: %q and %q (line %d) both select %s; select each upstream once", opt, s.sel.text, prev.sel.text, prev.at.Line(), t.to)
+			}
+			by[i], picked = s, true
+		}
+		if !picked {
+			return nil, s.at.Errf("%s: %q selects no upstream of this block (%s)%s", opt, s.sel.text, o.selectable(s.sel), pinHint(s.sel.text))
+		}
+	}
+	return by, nil
+}
+
+// selectable lists what selects an upstream of the stanza, to explain a
+// selector that selects none.
+func (o *options) selectable(sel selector) string {
+	var names, addrs []string
+	for _, t := range o.to {
+		if n := strings.ToLower(o.configuredName(t)); n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+		addrs = append(addrs, t.addr)
+	}
+	s := "addresses: " + strings.Join(addrs, ", ")
+	if len(names) > 0 {
+		s = "server names: " + strings.Join(names, ", ") + "; " + s
+	}
+	// An address written without a port, when an upstream is at that IP on
+	// another port.
+	if _, _, err := net.SplitHostPort(sel.text); err != nil && sel.addr != "" {
+		ip, _, _ := net.SplitHostPort(sel.addr)
+		for _, t := range o.to {
+			if host, _, _ := net.SplitHostPort(t.addr); host == ip {
+				s += "; an address without a port means port 853"
+				break
+			}
+		}
+	}
+	return s
+}
+
+// pinHint explains a selector that is a pin without its final '='.
+func pinHint(s string) string {
+	b, err := base64.RawStdEncoding.DecodeString(strings.TrimPrefix(s, "sha256/"))
+	if err != nil || len(b) != len(pin.Pin{}) {
+		return ""
+	}
+	return "; a pin ends in '='"
+}
+
+// parseTo reads one upstream, spelled as forward spells a TLS upstream:
+// tls://IP[%SERVERNAME][:PORT], or a bare IP[:PORT], which means tls://.
+// IPv6 addresses take brackets when a port follows: tls://[2001:db8::1%dns.example]:853.
+// It returns the address to dial and the server name, if one was given.
+func parseTo(s string) (addr, serverName string, err error) {
+	rest := s
+	if scheme, after, ok := strings.Cut(s, "://"); ok {
+		if scheme != "tls" {
+			return "", "", fmt.Errorf("%q is not a tls:// upstream; dotstub never sends a query in clear", s)
+		}
+		rest = after
+	}
+	host, port := rest, ""
+	bracketed := strings.HasPrefix(host, "[")
+	if i := strings.LastIndex(host, "%"); i >= 0 {
+		host, serverName = rest[:i], rest[i+1:]
+		if j := strings.LastIndex(serverName, ":"); j >= 0 {
+			serverName, port = serverName[:j], serverName[j+1:]
+		}
+		if bracketed {
+			if !strings.HasSuffix(serverName, "]") {
+				return "", "", fmt.Errorf("%q: missing ']'", s)
+			}
+			serverName = strings.TrimSuffix(serverName, "]")
+			host = host[1:]
+		}
+		if _, ok := dns.IsDomainName(serverName); !ok || strings.TrimSuffix(serverName, ".") == "" || strings.ContainsAny(serverName, "[]/") {
+			return "", "", fmt.Errorf("%q: %q is not a server name", s, serverName)
+		}
+		serverName = strings.TrimSuffix(serverName, ".")
+	} else if h, p, err := net.SplitHostPort(rest); err == nil {
+		host, port = h, p
+	} else if bracketed && strings.HasSuffix(host, "]") {
+		host = host[1 : len(host)-1]
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || ip.Zone() != "" {
+		return "", "", fmt.Errorf("%q: %q is not an IP address (a host name would need a lookup in clear)", s, host)
+	}
+	if port == "" {
+		port = defaultPort
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 1 || n > 65535 {
+		return "", "", fmt.Errorf("%q: %q is not a port", s, port)
+	}
+	// Spelled canonically, so that 853 and 0853 are the same upstream.
+	return net.JoinHostPort(ip.String(), strconv.Itoa(n)), serverName, nil
+}
+
+// clientTLS returns the TLS configuration for one upstream: base (or system
+// roots), verifying serverName and the pins, at least TLS 1.2, with a session
+// cache of its own so that reconnects resume.
+func clientTLS(base *tls.Config, serverName string, pins pin.Set) *tls.Config {
+	cfg := &tls.Config{}
+	if base != nil {
+		cfg = base.Clone()
+	}
+	cfg.ServerName = serverName
+	cfg.InsecureSkipVerify = false
+	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
+	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
+	pins.Apply(cfg)
+	return cfg
+}
