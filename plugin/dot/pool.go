@@ -35,6 +35,7 @@ const (
 	maxBackoff     = 5 * time.Second
 	maxAuthBackoff = time.Minute
 	maxResends     = 2
+	maxStall       = 500 * time.Millisecond
 )
 
 // Config configures a Pool.
@@ -306,8 +307,11 @@ func (p *Pool) pickLocked(notBefore time.Time) *conn {
 
 // stallAfter is how long a connection may stay silent with a query
 // unanswered before it counts as stalled: half the pool's timeout, so that a
-// query with a short deadline of its own does not condemn a healthy one.
-func (p *Pool) stallAfter() time.Duration { return p.cfg.Timeout / 2 }
+// query with a short deadline of its own does not condemn a healthy one, and
+// at most maxStall, so that health probes with their own short deadlines
+// still condemn a connection that went silent (a NAT that forgot it, an
+// upstream that lost it) instead of probing over it forever.
+func (p *Pool) stallAfter() time.Duration { return min(p.cfg.Timeout/2, maxStall) }
 
 // spreadAt is the number of queries in flight that makes a connection busy:
 // when every connection is busy, the pool opens another, up to MaxConns.
