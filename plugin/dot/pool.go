@@ -165,6 +165,18 @@ func (p *Pool) Close() {
 	p.wg.Wait()
 }
 
+// Retry lets the next Exchange dial at once, even while the pool backs off
+// after a failed dial, unless that dial failed to authenticate the server.
+// It is for health probes, which are paced already: an upstream that comes
+// back is found by the next probe, not after the backoff.
+func (p *Pool) Retry() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.dialErr != nil && (p.cfg.IsAuth == nil || !p.cfg.IsAuth(p.dialErr)) {
+		p.retryAt = time.Time{}
+	}
+}
+
 // Stats is a snapshot of a pool.
 type Stats struct {
 	Conns    int // open connections

@@ -186,7 +186,9 @@ func (u *Upstream) prober() {
 	}
 }
 
-// Probe sends one health-check query and records its outcome. An upstream
+// Probe sends one health-check query and records its outcome. It dials at
+// once if need be, even while the pool backs off after a network failure, so
+// that an upstream that comes back is found by the next probe. An upstream
 // that was down and answers the probe starts afresh: its answer times from
 // before are forgotten.
 func (u *Upstream) Probe() error {
@@ -199,6 +201,7 @@ func (u *Upstream) Probe() error {
 	defer q.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), cmp.Or(u.cfg.HealthCheck, dot.DefaultTimeout))
 	defer cancel()
+	u.pool.Retry()
 	start := time.Now()
 	_, err = u.pool.Exchange(ctx, q)
 	if err == nil {

@@ -231,3 +231,37 @@ func TestReason(t *testing.T) {
 		}
 	}
 }
+
+func TestProbeFindsAnUpstreamThatCameBack(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	u := newUpstream(t, srv, Config{Name: "u", MaxFails: 1})
+	srv.Close() // refuses connections: each failed dial doubles the backoff
+	for range 6 {
+		if err := u.Probe(); err == nil {
+			t.Fatal("probe of a closed upstream succeeded")
+		}
+	}
+	back, err := dottest.Start(dottest.Options{Addr: srv.Addr, CA: srv.CA, Leaf: srv.Leaf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer back.Close()
+	if err := u.Probe(); err != nil || u.Down() {
+		t.Fatalf("first probe after it came back: %v, down %v; want it up, without waiting out the backoff", err, u.Down())
+	}
+}
+
+func TestProbeRespectsAuthBackoff(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	u := newUpstream(t, srv, Config{Name: "u", MaxFails: 1})
+	u.cfg.Pool.TLS.ServerName = "other.test" // fails verification
+	u.pool = dot.New(u.cfg.Pool)
+	for range 5 {
+		if err := u.Probe(); err == nil {
+			t.Fatal("probe of a server that fails verification succeeded")
+		}
+	}
+	if n := srv.Accepted(); n != 1 {
+		t.Errorf("%d handshakes for 5 probes of a server that fails verification, want 1 (then backoff)", n)
+	}
+}
