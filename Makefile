@@ -4,6 +4,7 @@
 #   make test    install what the tests need, then vet and run every test with -race
 #   make demo    a local DoT upstream, ./coredns in front, a few queries; no internet
 #   make bench   dotstub side by side with forward, Unbound, Stubby and dnsdist (about 15 minutes)
+#   make bench-failover   dotstub and forward when upstreams die, stall or lag (about 3 minutes)
 #   make clean   remove what the build wrote
 
 GO      ?= go
@@ -12,7 +13,7 @@ COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT) -X main.version=$(VERSION)
 
-.PHONY: build run test demo bench clean
+.PHONY: build run test demo bench bench-failover clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o coredns ./cmd/coredns
@@ -32,6 +33,11 @@ demo: build
 
 bench:
 	bench/run.sh $(BENCHFLAGS)
+
+bench-failover:
+	mkdir -p bench/out
+	$(GO) build -ldflags "$(LDFLAGS)" -o bench/out/coredns ./cmd/coredns
+	$(GO) run ./bench/failover $(BENCHFLAGS)
 
 clean:
 	rm -f coredns dotupstream
