@@ -47,6 +47,7 @@ type Dotstub struct {
 	failfast       bool          // SERVFAIL at once when every upstream is down
 	failoverRcodes []int         // answers with these codes are asked of the next upstream too
 	hedge          hedge
+	privacy        dot.Privacy // padding and client subnet
 
 	maxConcurrent int64 // queries in flight before REFUSED; zero is no limit
 	concurrent    atomic.Int64
@@ -54,7 +55,8 @@ type Dotstub struct {
 
 // New returns a Dotstub with every default and no upstream.
 func New() *Dotstub {
-	return &Dotstub{from: ".", policy: &upstream.Fastest{}, timeout: defaultTimeout}
+	return &Dotstub{from: ".", policy: &upstream.Fastest{}, timeout: defaultTimeout,
+		privacy: dot.Privacy{PadBlock: dot.DefaultPadBlock}}
 }
 
 // Name implements plugin.Handler.
@@ -96,7 +98,7 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if len(tries) == 0 {
 		return dns.RcodeServerFailure, ErrNoHealthy
 	}
-	q, err := dot.NewQuery(r)
+	q, err := dot.NewQuery(r, d.privacy)
 	if err != nil {
 		return dns.RcodeFormatError, err
 	}

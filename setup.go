@@ -302,6 +302,25 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 			return c.Errf("hedge: %q is neither auto nor a duration of 1ms or more", v)
 		}
 		d.hedge.delay = dur
+	case "padding":
+		var v string
+		if !c.Args(&v) || c.NextArg() {
+			return argErr(c, opt)
+		}
+		if v == "off" {
+			d.privacy.PadBlock = 0
+			break
+		}
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 16 || n > 1024 {
+			return c.Errf("padding: %q is neither off nor a block size from 16 to 1024 bytes", v)
+		}
+		d.privacy.PadBlock = n
+	case "strip_client_subnet":
+		if c.NextArg() {
+			return argErr(c, opt)
+		}
+		d.privacy.StripSubnet = true
 	default:
 		return c.Errf("unknown option %q", opt)
 	}

@@ -44,7 +44,7 @@ func BenchmarkExchange(b *testing.B) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		for pb.Next() {
-			q, err := dot.NewQuery(m)
+			q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
 			if err != nil {
 				b.Fatal(err)
 			}

@@ -43,7 +43,7 @@ func query(t testing.TB, name string, qtype uint16) *Query {
 	t.Helper()
 	m := new(dns.Msg)
 	m.SetQuestion(dns.Fqdn(name), qtype)
-	q, err := NewQuery(m)
+	q, err := NewQuery(m, Privacy{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,7 +68,7 @@ func TestExchange(t *testing.T) {
 	m.Id = 4242
 	m.SetEdns0(1232, true)
 	before := m.String()
-	q, err := NewQuery(m)
+	q, err := NewQuery(m, Privacy{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +471,7 @@ func TestLargeQuery(t *testing.T) {
 	m.SetQuestion("www.example.org.", dns.TypeA)
 	m.SetEdns0(4096, false)
 	m.IsEdns0().Option = append(m.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 1300)})
-	q, err := NewQuery(m) // larger than the pooled buffer
+	q, err := NewQuery(m, Privacy{}) // larger than the pooled buffer
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,9 @@ type Query struct {
 	msg   *dns.Msg
 	frame []byte  // two-byte length, then the packed message
 	bp    *[]byte // frame's pooled buffer; nil when frame was allocated
+
+	addedOPT bool // the frame has an OPT record that msg has not
+	padded   bool // the frame has an EDNS(0) Padding option
 }
 
 var (
@@ -32,9 +35,10 @@ var (
 // or it does not hold exactly one question.
 var ErrInvalidQuery = errors.New("dot: invalid query")
 
-// NewQuery packs m. The message must not change while the Query is in use.
-// Call Release when done.
-func NewQuery(m *dns.Msg) (*Query, error) {
+// NewQuery packs m and changes the packed copy as p says (m itself is never
+// changed). The message must not change while the Query is in use. Call
+// Release when done.
+func NewQuery(m *dns.Msg, p Privacy) (*Query, error) {
 	if len(m.Question) != 1 {
 		return nil, ErrInvalidQuery
 	}
@@ -51,9 +55,17 @@ func NewQuery(m *dns.Msg) (*Query, error) {
 		q.frame, q.bp = buf[:2+len(packed)], bp
 	} else { // did not fit: PackBuffer allocated
 		framePool.Put(bp)
-		q.frame, q.bp = append(make([]byte, 2, 2+len(packed)), packed...), nil
+		q.frame, q.bp = append(make([]byte, 2, 2+len(packed)+p.PadBlock+15), packed...), nil
 	}
-	binary.BigEndian.PutUint16(q.frame, uint16(len(packed)))
+	if out, added, err := protect(q.frame[2:], p); err == nil && len(out) <= maxQueryLen {
+		if &out[0] != &q.frame[2] { // grew past the buffer
+			q.frame = append(q.frame[:2], out...)
+		} else {
+			q.frame = q.frame[:2+len(out)]
+		}
+		q.addedOPT, q.padded = added, p.PadBlock > 0
+	}
+	binary.BigEndian.PutUint16(q.frame, uint16(len(q.frame)-2))
 	return q, nil
 }
 
@@ -66,7 +78,7 @@ func (q *Query) Release() {
 	if q.bp != nil {
 		framePool.Put(q.bp)
 	}
-	q.msg, q.frame, q.bp = nil, nil, nil
+	*q = Query{}
 	queryPool.Put(q)
 }
 
@@ -82,7 +94,37 @@ func (q *Query) answer(buf []byte) (*dns.Msg, error) {
 		return nil, fmt.Errorf("%w: it does not match the question", errBadAnswer)
 	}
 	a.Id = q.msg.Id
+	q.unprotect(a)
 	return a, nil
+}
+
+// unprotect takes out of a what protect put into the query and a client did
+// not ask for: the OPT record added for padding, and padding.
+func (q *Query) unprotect(a *dns.Msg) {
+	if !q.padded {
+		return
+	}
+	for i := len(a.Extra) - 1; i >= 0; i-- {
+		opt, ok := a.Extra[i].(*dns.OPT)
+		if !ok {
+			continue
+		}
+		if q.addedOPT {
+			a.Extra = append(a.Extra[:i], a.Extra[i+1:]...)
+			if a.Rcode > 0xf { // an extended RCODE has no place without OPT
+				a.Rcode = dns.RcodeServerFailure
+			}
+			return
+		}
+		opts := opt.Option[:0]
+		for _, o := range opt.Option {
+			if o.Option() != dns.EDNS0PADDING {
+				opts = append(opts, o)
+			}
+		}
+		opt.Option = opts
+		return
+	}
 }
 
 // match reports whether a is a response to q's question.

@@ -194,7 +194,7 @@ func (u *Upstream) prober() {
 func (u *Upstream) Probe() error {
 	m := new(dns.Msg)
 	m.SetQuestion(u.cfg.ProbeName, dns.TypeNS)
-	q, err := dot.NewQuery(m)
+	q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
 	if err != nil {
 		return err
 	}

@@ -133,7 +133,7 @@ func newUpstream(t *testing.T, srv *dottest.Server, cfg Config) *Upstream {
 func exchange(u *Upstream) error {
 	m := new(dns.Msg)
 	m.SetQuestion("www.example.org.", dns.TypeA)
-	q, err := dot.NewQuery(m)
+	q, err := dot.NewQuery(m, dot.Privacy{})
 	if err != nil {
 		return err
 	}
