@@ -67,16 +67,33 @@ func (d *Dotstub) OnStartup() error {
 	for _, u := range d.upstreams {
 		u.Start()
 	}
+	inflightCollector.add(d)
 	return nil
 }
 
 // OnShutdown stops the upstreams and returns when their connections and
 // goroutines are gone.
 func (d *Dotstub) OnShutdown() error {
+	inflightCollector.remove(d)
 	for _, u := range d.upstreams {
 		u.Stop()
 	}
 	return nil
+}
+
+// Ready implements ready.Readiness: ready once some upstream has passed every
+// check of a handshake (chain, name, pins), so that a pod whose upstreams
+// all fail validation never takes traffic. It stays ready after: connections
+// that close when idle or upstreams that fail later are what failover and
+// health checks are for, and a whole fleet turning unready at once would
+// only move the outage.
+func (d *Dotstub) Ready() bool {
+	for _, u := range d.upstreams {
+		if u.Verified() {
+			return true
+		}
+	}
+	return false
 }
 
 // ServeDNS implements plugin.Handler.

@@ -1,6 +1,7 @@
 package dotstub
 
 import (
+	"crypto/tls"
 	"strconv"
 	"sync"
 	"time"
@@ -8,7 +9,6 @@ import (
 	"github.com/coredns/coredns/plugin"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promauto"
 
 	"github.com/dotstub/dotstub/plugin/dot"
 	"github.com/dotstub/dotstub/plugin/upstream"
@@ -20,7 +20,7 @@ var log = clog.NewWithPlugin(pluginName)
 // (an upstream as configured), rcode, result and reason (the closed set of
 // upstream.Reason).
 var (
-	requestDuration = promauto.NewHistogramVec(prometheus.HistogramOpts{
+	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "request_duration_seconds",
@@ -28,63 +28,85 @@ var (
 		Help:      "Histogram of the time each answered upstream exchange took, by answer rcode.",
 	}, []string{"server", "to", "rcode"})
 
-	upstreamErrors = promauto.NewCounterVec(prometheus.CounterOpts{
+	upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "upstream_errors_total",
 		Help:      "Counter of upstream exchanges that brought no usable answer, by reason.",
 	}, []string{"to", "reason"})
 
-	dials = promauto.NewCounterVec(prometheus.CounterOpts{
+	dials = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "dials_total",
 		Help:      "Counter of connection attempts (TCP connect and TLS handshake), by result.",
 	}, []string{"to", "result"})
 
-	handshakes = promauto.NewCounterVec(prometheus.CounterOpts{
+	handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "handshakes_total",
 		Help:      "Counter of completed TLS handshakes, by whether they resumed a session.",
 	}, []string{"to", "resumed"})
 
-	conns = promauto.NewGaugeVec(prometheus.GaugeOpts{
+	conns = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "conns",
 		Help:      "Gauge of open, verified connections to each upstream.",
 	}, []string{"to"})
 
-	healthcheckFailures = promauto.NewCounterVec(prometheus.CounterOpts{
+	healthcheckFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "healthcheck_failures_total",
 		Help:      "Counter of failed health-check probes.",
 	}, []string{"to"})
 
-	healthy = promauto.NewGaugeVec(prometheus.GaugeOpts{
+	healthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "upstream_healthy",
 		Help:      "Gauge of each upstream's health: 1 when it takes queries, 0 while it is marked down after max_fails failures.",
 	}, []string{"to"})
 
-	failovers = promauto.NewCounterVec(prometheus.CounterOpts{
+	failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "failovers_total",
 		Help:      "Counter of queries that the upstream did not answer (or answered with a failover RCODE), so that the next one was asked.",
 	}, []string{"to"})
 
-	hedges = promauto.NewCounterVec(prometheus.CounterOpts{
+	hedges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "hedges_total",
 		Help:      "Counter of hedged queries sent to the upstream, by outcome: won (its answer was used) or lost.",
 	}, []string{"to", "outcome"})
 
-	maxConcurrentRejects = promauto.NewCounter(prometheus.CounterOpts{
+	connQueries = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "conn_answers",
+		Buckets:   []float64{0, 1, 10, 100, 1000, 10000, 100000, 1000000},
+		Help:      "Histogram of the answers each upstream connection carried, observed when it closes.",
+	}, []string{"to"})
+
+	resends = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "resends_total",
+		Help:      "Counter of queries sent again to the same upstream, on a new connection, after the one carrying them died.",
+	}, []string{"to"})
+
+	certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "cert_expiry_timestamp_seconds",
+		Help:      "Gauge of when the certificate the upstream presented at its last handshake expires, in seconds since the Unix epoch.",
+	}, []string{"to"})
+
+	maxConcurrentRejects = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "max_concurrent_rejects_total",
@@ -92,8 +114,21 @@ var (
 	})
 )
 
+// collectors lists every collector of the plugin, for registration and for the
+// test that holds README's Metrics section to them.
+var collectors = []prometheus.Collector{
+	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures, healthy,
+	failovers, hedges, connQueries, resends, certExpiry, maxConcurrentRejects, inflightCollector,
+}
+
+func init() { prometheus.MustRegister(collectors...) }
+
 // logEvery bounds how often the same dial failure of one upstream is logged.
 const logEvery = time.Minute
+
+// expiryWarning is how long before its certificate expires an upstream is
+// logged, once.
+const expiryWarning = 14 * 24 * time.Hour
 
 // poolEvents turns the events of to's pool into metrics and log lines. A dial
 // failure is logged when its reason differs from the last one logged, and
@@ -103,18 +138,28 @@ func poolEvents(to string) dot.Events {
 		mu      sync.Mutex // guards the fields below
 		last    string     // reason last logged; "" when healthy
 		lastLog time.Time
+		warned  time.Time // the expiry last warned of
 	)
 	return dot.Events{
-		Dialed: func(err error, resumed bool) {
+		Dialed: func(err error, st *tls.ConnectionState) {
 			reason := upstream.Reason(err)
 			dials.WithLabelValues(to, reason).Inc()
+			var expires time.Time
 			if err == nil {
 				conns.WithLabelValues(to).Inc()
-				handshakes.WithLabelValues(to, strconv.FormatBool(resumed)).Inc()
+				handshakes.WithLabelValues(to, strconv.FormatBool(st.DidResume)).Inc()
+				if len(st.PeerCertificates) > 0 {
+					expires = st.PeerCertificates[0].NotAfter
+					certExpiry.WithLabelValues(to).Set(float64(expires.Unix()))
+				}
 			}
 			mu.Lock()
 			defer mu.Unlock()
 			now := time.Now()
+			if !expires.IsZero() && expires.Sub(now) < expiryWarning && !expires.Equal(warned) {
+				log.Warningf("Upstream %s: its certificate expires on %s", to, expires.UTC().Format(time.RFC3339))
+				warned = expires
+			}
 			switch {
 			case err == nil && last != "":
 				log.Infof("Upstream %s: connected again", to)
@@ -124,7 +169,11 @@ func poolEvents(to string) dot.Events {
 				last, lastLog = reason, now
 			}
 		},
-		Closed: func(error) { conns.WithLabelValues(to).Dec() },
+		Closed: func(_ error, answered int) {
+			conns.WithLabelValues(to).Dec()
+			connQueries.WithLabelValues(to).Observe(float64(answered))
+		},
+		Resent: func() { resends.WithLabelValues(to).Inc() },
 		Serial: func(on bool) {
 			if on {
 				log.Warningf("Upstream %s: does not handle pipelined queries (it closes connections that carry several, or works on one at a time); sending one query per connection for five minutes", to)
@@ -156,5 +205,50 @@ func changed(to string) func(bool, error) {
 		}
 		healthy.WithLabelValues(to).Set(1)
 		log.Infof("Upstream %s: up again", to)
+	}
+}
+
+// inflight reports, at each scrape, the queries in flight on every upstream
+// of every running dotstub, without a cost per query.
+type inflight struct {
+	desc *prometheus.Desc
+	mu   sync.Mutex
+	live map[*Dotstub]struct{}
+}
+
+var inflightCollector = &inflight{
+	desc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "inflight"),
+		"Gauge of the queries in flight to each upstream.", []string{"to"}, nil),
+	live: map[*Dotstub]struct{}{},
+}
+
+func (c *inflight) add(d *Dotstub) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.live[d] = struct{}{}
+}
+
+func (c *inflight) remove(d *Dotstub) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.live, d)
+}
+
+// Describe implements prometheus.Collector.
+func (c *inflight) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+
+// Collect implements prometheus.Collector. Two stanzas may name the same
+// upstream: their figures add up under one label.
+func (c *inflight) Collect(ch chan<- prometheus.Metric) {
+	sum := map[string]int{}
+	c.mu.Lock()
+	for d := range c.live {
+		for _, u := range d.upstreams {
+			sum[u.Name()] += u.Stats().Inflight
+		}
+	}
+	c.mu.Unlock()
+	for to, n := range sum {
+		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), to)
 	}
 }

@@ -60,10 +60,14 @@ type Config struct {
 // Events receives what happens to the pool's connections. Nil funcs are
 // skipped. They are called without locks held, from the pool's goroutines.
 type Events struct {
-	// Dialed reports the outcome of a dial and TLS handshake.
-	Dialed func(err error, resumed bool)
-	// Closed reports that a connection Dialed reported as open has closed.
-	Closed func(err error)
+	// Dialed reports the outcome of a dial and TLS handshake, with the
+	// connection's state when it succeeded.
+	Dialed func(err error, st *tls.ConnectionState)
+	// Closed reports that a connection Dialed reported as open has closed,
+	// and how many answers it carried.
+	Closed func(err error, answered int)
+	// Resent reports a query sent again after its connection died.
+	Resent func()
 	// Serial reports that the upstream seems not to handle pipelined
 	// queries, so the pool now sends one query per connection, or (false)
 	// that it tries pipelining again.
@@ -229,6 +233,9 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 			return nil, err
 		}
 		failedAt = time.Now()
+		if p.cfg.Events.Resent != nil {
+			p.cfg.Events.Resent()
+		}
 	}
 }
 
@@ -407,7 +414,7 @@ func (p *Pool) connFailed(c *conn, cause error) {
 			break
 		}
 	}
-	calls := c.calls
+	calls, answered := c.calls, c.answered
 	c.calls = nil
 	p.wakeLocked()
 	p.mu.Unlock()
@@ -420,7 +427,7 @@ func (p *Pool) connFailed(c *conn, cause error) {
 		}
 	}
 	if p.cfg.Events.Closed != nil {
-		p.cfg.Events.Closed(cause)
+		p.cfg.Events.Closed(cause, answered)
 	}
 	if changed && p.cfg.Events.Serial != nil {
 		p.cfg.Events.Serial(serial)
@@ -445,7 +452,11 @@ func (p *Pool) startDialLocked() {
 func (p *Pool) dial() {
 	defer p.wg.Done()
 	c, err := p.dialConn()
-	resumed := err == nil && c.tc.ConnectionState().DidResume
+	var st *tls.ConnectionState
+	if err == nil {
+		cs := c.tc.ConnectionState()
+		st = &cs
+	}
 
 	p.mu.Lock()
 	p.dialing = false
@@ -472,7 +483,7 @@ func (p *Pool) dial() {
 	p.mu.Unlock()
 
 	if p.cfg.Events.Dialed != nil && !errors.Is(err, ErrClosed) {
-		p.cfg.Events.Dialed(err, resumed)
+		p.cfg.Events.Dialed(err, st)
 	}
 	if err == nil { // after Dialed, so that Closed cannot come first
 		go c.readLoop()

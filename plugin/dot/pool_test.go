@@ -361,7 +361,7 @@ func TestVerificationFailureSendsNothing(t *testing.T) {
 			dialed := make(chan error, 10)
 			p := newPool(t, srv, func(c *Config) {
 				tc.mod(c)
-				c.Events.Dialed = func(err error, _ bool) { dialed <- err }
+				c.Events.Dialed = func(err error, _ *tls.ConnectionState) { dialed <- err }
 			})
 			if _, err := exchange(t, p, "a.example.org", 5*time.Second); err == nil {
 				t.Fatal("query answered by a server that failed verification")

@@ -6,6 +6,7 @@ package upstream
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"sync"
 	"sync/atomic"
@@ -58,11 +59,12 @@ type Upstream struct {
 	pool *dot.Pool
 	lat  latency
 
-	fails   atomic.Uint32 // consecutive failures
-	trigger chan struct{} // buffered, capacity 1: asks the prober to start
-	stop    chan struct{}
-	once    sync.Once
-	wg      sync.WaitGroup
+	verified atomic.Bool   // a handshake has succeeded since New
+	fails    atomic.Uint32 // consecutive failures
+	trigger  chan struct{} // buffered, capacity 1: asks the prober to start
+	stop     chan struct{}
+	once     sync.Once
+	wg       sync.WaitGroup
 }
 
 // New returns an upstream; Start starts it.
@@ -73,8 +75,26 @@ func New(cfg Config) *Upstream {
 	if cfg.Pool.IsAuth == nil {
 		cfg.Pool.IsAuth = IsAuth
 	}
-	return &Upstream{cfg: cfg, pool: dot.New(cfg.Pool), trigger: make(chan struct{}, 1), stop: make(chan struct{})}
+	u := &Upstream{cfg: cfg, trigger: make(chan struct{}, 1), stop: make(chan struct{})}
+	dialed := cfg.Pool.Events.Dialed
+	cfg.Pool.Events.Dialed = func(err error, st *tls.ConnectionState) {
+		if err == nil {
+			u.verified.Store(true)
+		}
+		if dialed != nil {
+			dialed(err, st)
+		}
+	}
+	u.pool = dot.New(cfg.Pool)
+	return u
 }
+
+// Verified reports whether a connection to the upstream has passed every
+// check (chain, name, pins) since it was created.
+func (u *Upstream) Verified() bool { return u.verified.Load() }
+
+// Stats returns the figures of the upstream's pool.
+func (u *Upstream) Stats() dot.Stats { return u.pool.Stats() }
 
 // Name returns the upstream as configured.
 func (u *Upstream) Name() string { return u.cfg.Name }
