@@ -258,17 +258,24 @@ func TestFastestPrefersTheFasterUpstream(t *testing.T) {
 func TestHedgeWithinBudget(t *testing.T) {
 	a, b := pair(t, slow(50*time.Millisecond, answering("192.0.2.1")), nil)
 	d := newDotstub(t, twoUpstreams(t, a, b, "policy sequential", "hedge 5ms"))
+	hedged := func() float64 {
+		return counter(t, "coredns_dotstub_hedges_total", upstreamFor(b), "won") +
+			counter(t, "coredns_dotstub_hedges_total", upstreamFor(b), "lost")
+	}
+	before := hedged()
 	const n = 200
 	failed, from := stream(t, d, n, 4, nil)
 	if failed != 0 {
 		t.Errorf("%d queries failed", failed)
 	}
-	// Every query earns a tenth of a hedge: at most n/10 hedges.
-	if from["192.0.2.2"] == 0 || from["192.0.2.2"] > n/10 {
-		t.Errorf("%d of %d answered by the hedge, want 1 to %d", from["192.0.2.2"], n, n/10)
+	// Every query earns a tenth of a hedge: at most n/10 hedges. (On a
+	// loaded machine a few of A's answers may outlive its patience, and
+	// those queries fail over to B: that is not hedging, and not counted.)
+	if h := hedged() - before; h < 1 || h > n/10 {
+		t.Errorf("%.0f of %d queries hedged, want 1 to %d", h, n, n/10)
 	}
-	if b.Queries() > n/10 {
-		t.Errorf("%d hedged queries sent, the budget is %d", b.Queries(), n/10)
+	if from["192.0.2.2"] == 0 {
+		t.Error("no answer came from the hedge")
 	}
 }
 

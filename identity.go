@@ -6,11 +6,9 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 
 	"github.com/coredns/caddy"
@@ -19,6 +17,7 @@ import (
 	"github.com/miekg/dns"
 
 	"github.com/dotstub/dotstub/plugin/pin"
+	"github.com/dotstub/dotstub/plugin/upstream"
 )
 
 // identity is what the pin_sha256 and tls_ca lines of a stanza say about the
@@ -35,6 +34,11 @@ type identity struct {
 	tlsCA  *caddyfile.Dispenser // a tls line that gave a CA; nil if none
 	pinsBy []*selection         // pin_sha256 SELECTOR PIN..., in order of first appearance
 	caBy   []*selection         // tls_ca SELECTOR FILE, likewise
+
+	// reportOnly is the pin_report_only line, nil if none: every pin of the
+	// stanza then reports a mismatch on a verified chain instead of refusing
+	// the connection.
+	reportOnly *caddyfile.Dispenser
 }
 
 // selection is what one option gives the upstreams one selector picks, over
@@ -177,6 +181,18 @@ func (id *identity) parseCA(c *caddy.Controller) error {
 	return nil
 }
 
+// parseReportOnly reads a pin_report_only line.
+func (id *identity) parseReportOnly(c *caddy.Controller) error {
+	if c.NextArg() {
+		return argErr(c, "pin_report_only")
+	}
+	if id.reportOnly == nil {
+		at := c.Dispenser
+		id.reportOnly = &at
+	}
+	return nil
+}
+
 // tlsGaveCA records that the current tls line gives a CA (gave), or not.
 func (id *identity) tlsGaveCA(c *caddy.Controller, gave bool) error {
 	id.tlsCA = nil
@@ -217,6 +233,9 @@ func (o *options) configuredName(t target) string {
 // order: its server name, its CA (its own, the stanza's, or the system
 // roots) and its pins (its own or the stanza's).
 func (o *options) tlsConfigs() ([]*tls.Config, error) {
+	if o.id.reportOnly != nil && o.id.pinsAt == nil && len(o.id.pinsBy) == 0 {
+		return nil, o.id.reportOnly.Errf("pin_report_only: this block has no pin_sha256 to report on")
+	}
 	pinsBy, err := o.resolve(o.id.pinsBy, "pin_sha256")
 	if err != nil {
 		return nil, err
@@ -236,7 +255,11 @@ func (o *options) tlsConfigs() ([]*tls.Config, error) {
 		if s := pinsBy[i]; s != nil {
 			pins = s.pins
 		}
-		cfgs[i] = clientTLS(o.tls, name, pins) // a fresh copy
+		var report func(error)
+		if o.id.reportOnly != nil && len(pins) > 0 {
+			report = pinMismatchReported(t.to, log.Warningf)
+		}
+		cfgs[i] = clientTLS(o.tls, name, pins, report) // a fresh copy
 		if s := caBy[i]; s != nil {
 			cfgs[i].RootCAs = s.ca
 		} else if o.id.ca != nil {
@@ -306,60 +329,15 @@ func pinHint(s string) string {
 	return "; a pin ends in '='"
 }
 
-// parseTo reads one upstream, spelled as forward spells a TLS upstream:
-// tls://IP[%SERVERNAME][:PORT], or a bare IP[:PORT], which means tls://.
-// IPv6 addresses take brackets when a port follows: tls://[2001:db8::1%dns.example]:853.
-// It returns the address to dial and the server name, if one was given.
-func parseTo(s string) (addr, serverName string, err error) {
-	rest := s
-	if scheme, after, ok := strings.Cut(s, "://"); ok {
-		if scheme != "tls" {
-			return "", "", fmt.Errorf("%q is not a tls:// upstream; dotstub never sends a query in clear", s)
-		}
-		rest = after
-	}
-	host, port := rest, ""
-	bracketed := strings.HasPrefix(host, "[")
-	if i := strings.LastIndex(host, "%"); i >= 0 {
-		host, serverName = rest[:i], rest[i+1:]
-		if j := strings.LastIndex(serverName, ":"); j >= 0 {
-			serverName, port = serverName[:j], serverName[j+1:]
-		}
-		if bracketed {
-			if !strings.HasSuffix(serverName, "]") {
-				return "", "", fmt.Errorf("%q: missing ']'", s)
-			}
-			serverName = strings.TrimSuffix(serverName, "]")
-			host = host[1:]
-		}
-		if _, ok := dns.IsDomainName(serverName); !ok || strings.TrimSuffix(serverName, ".") == "" || strings.ContainsAny(serverName, "[]/") {
-			return "", "", fmt.Errorf("%q: %q is not a server name", s, serverName)
-		}
-		serverName = strings.TrimSuffix(serverName, ".")
-	} else if h, p, err := net.SplitHostPort(rest); err == nil {
-		host, port = h, p
-	} else if bracketed && strings.HasSuffix(host, "]") {
-		host = host[1 : len(host)-1]
-	}
-	ip, err := netip.ParseAddr(host)
-	if err != nil || ip.Zone() != "" {
-		return "", "", fmt.Errorf("%q: %q is not an IP address (a host name would need a lookup in clear)", s, host)
-	}
-	if port == "" {
-		port = defaultPort
-	}
-	n, err := strconv.Atoi(port)
-	if err != nil || n < 1 || n > 65535 {
-		return "", "", fmt.Errorf("%q: %q is not a port", s, port)
-	}
-	// Spelled canonically, so that 853 and 0853 are the same upstream.
-	return net.JoinHostPort(ip.String(), strconv.Itoa(n)), serverName, nil
-}
+// parseTo reads one upstream: upstream.ParseTo, which cmd/dotpin shares.
+func parseTo(s string) (addr, serverName string, err error) { return upstream.ParseTo(s) }
 
 // clientTLS returns the TLS configuration for one upstream: base (or system
 // roots), verifying serverName and the pins, at least TLS 1.2, with a session
-// cache of its own so that reconnects resume.
-func clientTLS(base *tls.Config, serverName string, pins pin.Set) *tls.Config {
+// cache of its own so that reconnects resume. A non-nil report makes the pins
+// report-only: a mismatch on a verified chain goes to report and the
+// connection is used.
+func clientTLS(base *tls.Config, serverName string, pins pin.Set, report func(error)) *tls.Config {
 	cfg := &tls.Config{}
 	if base != nil {
 		cfg = base.Clone()
@@ -368,6 +346,10 @@ func clientTLS(base *tls.Config, serverName string, pins pin.Set) *tls.Config {
 	cfg.InsecureSkipVerify = false
 	cfg.MinVersion = max(cfg.MinVersion, tls.VersionTLS12)
 	cfg.ClientSessionCache = tls.NewLRUClientSessionCache(8)
-	pins.Apply(cfg)
+	if report != nil {
+		pins.ApplyReportOnly(cfg, report)
+	} else {
+		pins.Apply(cfg)
+	}
 	return cfg
 }

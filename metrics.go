@@ -2,6 +2,7 @@ package dotstub
 
 import (
 	"crypto/tls"
+	"errors"
 	"strconv"
 	"sync"
 	"time"
@@ -11,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dotstub/dotstub/plugin/dot"
+	"github.com/dotstub/dotstub/plugin/pin"
 	"github.com/dotstub/dotstub/plugin/upstream"
 )
 
@@ -112,6 +114,13 @@ var (
 		Name:      "max_concurrent_rejects_total",
 		Help:      "Counter of queries answered REFUSED because max_concurrent queries were in flight.",
 	})
+
+	pinReportOnlyMismatches = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "pin_report_only_mismatches_total",
+		Help:      "Counter of handshakes whose verified chain matched no pin, the connection used anyway because of pin_report_only.",
+	}, []string{"to"})
 )
 
 // collectors lists every collector of the plugin, for registration and for the
@@ -119,6 +128,7 @@ var (
 var collectors = []prometheus.Collector{
 	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures, healthy,
 	failovers, hedges, connQueries, resends, certExpiry, maxConcurrentRejects, inflightCollector,
+	pinReportOnlyMismatches,
 }
 
 func init() { prometheus.MustRegister(collectors...) }
@@ -184,6 +194,40 @@ func poolEvents(to string) dot.Events {
 	}
 }
 
+// maxLoggedLeaves bounds the leaf pins remembered per upstream by
+// pinMismatchReported.
+const maxLoggedLeaves = 16
+
+// pinMismatchReported counts the handshakes of to whose verified chain matched
+// no pin, let through by pin_report_only, and logs each leaf pin once with
+// logf: a server key that every reconnect meets is one line, not one per
+// connection, and a new key (a rotation) is a new line.
+func pinMismatchReported(to string, logf func(format string, args ...any)) func(error) {
+	var (
+		mu     sync.Mutex // guards logged
+		logged = map[pin.Pin]bool{}
+	)
+	return func(err error) {
+		pinReportOnlyMismatches.WithLabelValues(to).Inc()
+		var leaf pin.Pin
+		if me := (*pin.MismatchError)(nil); errors.As(err, &me) {
+			leaf = me.Leaf
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		switch {
+		case logged[leaf] || len(logged) > maxLoggedLeaves:
+		case len(logged) == maxLoggedLeaves:
+			logged[leaf] = true // len > maxLoggedLeaves: logs no more
+			logf("Upstream %s: %d leaf keys matched no pin; further ones are counted in %s, not logged (pin_report_only)",
+				to, maxLoggedLeaves, "coredns_dotstub_pin_report_only_mismatches_total")
+		default:
+			logged[leaf] = true
+			logf("Upstream %s: %v; connection used anyway (pin_report_only)", to, err)
+		}
+	}
+}
+
 // probed counts failed health probes of to.
 func probed(to string) func(error) {
 	return func(err error) {
@@ -228,10 +272,30 @@ func (c *inflight) add(d *Dotstub) {
 	c.live[d] = struct{}{}
 }
 
+// remove forgets d and drops the gauges of its upstreams that no running
+// dotstub names any more, so that an upstream a reload took out does not stay
+// "down" or "expiring" on dashboards and alerts.
 func (c *inflight) remove(d *Dotstub) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.live, d)
+	for _, u := range d.upstreams {
+		if !c.namedLocked(u.Name()) {
+			healthy.DeleteLabelValues(u.Name())
+			certExpiry.DeleteLabelValues(u.Name())
+		}
+	}
+}
+
+func (c *inflight) namedLocked(to string) bool {
+	for d := range c.live {
+		for _, u := range d.upstreams {
+			if u.Name() == to {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // Describe implements prometheus.Collector.

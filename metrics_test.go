@@ -69,3 +69,70 @@ func TestReady(t *testing.T) {
 		t.Error("ready with its only upstream failing validation")
 	}
 }
+
+// TestGaugesGoWithTheirUpstream: an upstream that a reload takes out leaves
+// no health or expiry series behind to alert on.
+func TestGaugesGoWithTheirUpstream(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	d := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n}", upstreamFor(srv), caFile(t, srv)))
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeA)
+	if _, _, err := serve(t, d, false, m); err != nil {
+		t.Fatal(err)
+	}
+	series := func() (n int) {
+		mfs, err := prometheus.DefaultGatherer.Gather()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, mf := range mfs {
+			if mf.GetName() != "coredns_dotstub_upstream_healthy" && mf.GetName() != "coredns_dotstub_cert_expiry_timestamp_seconds" {
+				continue
+			}
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "to" && l.GetValue() == upstreamFor(srv) {
+						n++
+					}
+				}
+			}
+		}
+		return n
+	}
+	if n := series(); n != 2 {
+		t.Fatalf("%d series for the upstream while it runs, want 2 (health, expiry)", n)
+	}
+	d.OnShutdown()
+	if n := series(); n != 0 {
+		t.Errorf("%d series left for the upstream after shutdown", n)
+	}
+}
+
+// counter returns the value of the counter name whose labels hold values, in
+// the default registry; 0 if there is none yet.
+func counter(t *testing.T, name string, values ...string) float64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, v := range values {
+				found := false
+				for _, l := range m.GetLabel() {
+					found = found || l.GetValue() == v
+				}
+				if !found {
+					continue next
+				}
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}

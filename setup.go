@@ -21,7 +21,6 @@ import (
 
 const (
 	pluginName   = "dotstub"
-	defaultPort  = "853"
 	maxUpstreams = 15
 )
 
@@ -70,7 +69,7 @@ type options struct {
 	to          []target    // TO, read before the block
 	tls         *tls.Config // from the tls option; nil means system roots
 	serverName  string      // tls_servername
-	id          identity    // pin_sha256 and tls_ca, for all upstreams or some: identity.go
+	id          identity    // pin_sha256, tls_ca and pin_report_only: identity.go
 	maxFails    uint32
 	healthCheck time.Duration
 	probeName   string // health_check's domain
@@ -321,6 +320,10 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 			return argErr(c, opt)
 		}
 		d.privacy.StripSubnet = true
+	case "pin_report_only":
+		if err := o.id.parseReportOnly(c); err != nil {
+			return err
+		}
 	default:
 		return c.Errf("unknown option %q", opt)
 	}

@@ -205,6 +205,12 @@ func parseTests(tb testing.TB) []parseTest {
 		{name: "duplicate pin", input: block("pin_sha256 " + pinA + " " + pinA), wantErr: "pin_sha256: " + strconv.Quote(pinA) + " is given twice", line: 2},
 		{name: "duplicate pin on two lines", input: block("pin_sha256 "+pinA, "pin_sha256 sha256/"+pinA), wantErr: `pin_sha256: "sha256/` + pinA + `" is given twice`, line: 3},
 
+		// pin_report_only
+		{name: "pin_report_only", input: block("pin_sha256 "+pinA, "pin_report_only"), upstreams: one, pinned: true},
+		{name: "pin_report_only before the pins", input: block("pin_report_only", "pin_sha256 "+pinA), upstreams: one, pinned: true},
+		{name: "pin_report_only with an argument", input: block("pin_sha256 "+pinA, "pin_report_only yes"), wantErr: "pin_report_only: wrong argument count", line: 3},
+		{name: "pin_report_only without pins", input: block("timeout 1s", "pin_report_only"), wantErr: "pin_report_only: this block has no pin_sha256 to report on", line: 3},
+
 		// pin_sha256 SELECTOR
 		{name: "pins per server name", input: mixed("pin_sha256 a.example "+pA, "pin_sha256 b.example "+pB+" "+pC), upstreams: mixedUps,
 			ids: []wantID{pins(caA), pins(caA), pins(caB, caC), pins(caB, caC)}},
@@ -633,6 +639,9 @@ func TestParseTo(t *testing.T) {
 	}
 }
 
+// FuzzParse parses arbitrary Corefiles: parse never panics, every error
+// names its line, and every stanza it accepts has 1 to maxUpstreams upstreams,
+// each with a TLS configuration that passes tlsFault.
 func FuzzParse(f *testing.F) {
 	for _, tc := range parseTests(f) {
 		f.Add(tc.input)
@@ -648,7 +657,24 @@ func FuzzParse(f *testing.F) {
 				t.Skip()
 			}
 		}
-		parse(caddy.NewTestController("dns", input))
+		ds, err := parse(caddy.NewTestController("dns", input))
+		if err != nil {
+			// Every error names the line (STYLE.md section 3).
+			if !strings.Contains(err.Error(), "Testfile:") {
+				t.Fatalf("%q: error without its line: %v", input, err)
+			}
+			return
+		}
+		for _, d := range ds {
+			if n := len(d.upstreams); n == 0 || n > maxUpstreams {
+				t.Fatalf("%q: %d upstreams", input, n)
+			}
+			for _, u := range d.upstreams {
+				if fault := tlsFault(u.Config().Pool.TLS); fault != "" {
+					t.Fatalf("%q: upstream %s: %s", input, u.Name(), fault)
+				}
+			}
+		}
 	})
 }
 

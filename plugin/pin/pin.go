@@ -10,6 +10,8 @@
 // The check runs in tls.Config.VerifyConnection, which crypto/tls calls on
 // every handshake, resumed ones included, after the chain and name are
 // verified. VerifyPeerCertificate is not used: it is skipped on resumption.
+// ApplyReportOnly runs the same check but reports a mismatch instead of failing
+// the handshake, to roll new pins out; chain and name verification stay.
 package pin
 
 import (
@@ -46,6 +48,24 @@ func Parse(s string) (Pin, error) {
 // ErrMismatch is returned (wrapped) by Set.Verify when no certificate of the
 // verified chain matches a pin.
 var ErrMismatch = errors.New("no certificate in the verified chain matches a pinned SPKI")
+
+// MismatchError is the error Set.Verify returns when no certificate of the
+// verified chain matches a pin. It wraps ErrMismatch, and carries the leaf's
+// pin so that a report can tell one server key from another.
+type MismatchError struct {
+	Leaf Pin // pin of the first certificate the server sent; the zero Pin if it sent none
+}
+
+func (e *MismatchError) Error() string {
+	leaf := "none"
+	if e.Leaf != (Pin{}) {
+		leaf = e.Leaf.String()
+	}
+	return fmt.Sprintf("%v (leaf pin %s)", ErrMismatch, leaf)
+}
+
+// Unwrap returns ErrMismatch.
+func (e *MismatchError) Unwrap() error { return ErrMismatch }
 
 // Set is a set of acceptable pins. The zero Set accepts every chain.
 type Set []Pin
@@ -89,17 +109,37 @@ func (s Set) Verify(cs tls.ConnectionState) error {
 			}
 		}
 	}
-	leaf := "none"
+	e := &MismatchError{}
 	if len(cs.PeerCertificates) > 0 {
-		leaf = Of(cs.PeerCertificates[0]).String()
+		e.Leaf = Of(cs.PeerCertificates[0])
 	}
-	return fmt.Errorf("%w (leaf pin %s)", ErrMismatch, leaf)
+	return e
 }
 
 // Apply makes cfg enforce s on every handshake, resumed ones included. It
 // keeps a VerifyConnection that cfg already has and runs it first. Apply does
 // nothing for an empty set.
-func (s Set) Apply(cfg *tls.Config) {
+func (s Set) Apply(cfg *tls.Config) { s.apply(cfg, nil) }
+
+// ApplyReportOnly makes cfg check s on every handshake as Apply does, but
+// a mismatch on a verified chain does not fail the handshake: report is
+// called with the *MismatchError, and the connection goes on. It is for
+// rolling new pins out: watch the reports, then enforce.
+//
+// Only the pins are relaxed. crypto/tls still verifies the chain and the
+// name before it calls VerifyConnection, and a connection state without a
+// verified chain (cfg.InsecureSkipVerify, say) fails the handshake with the
+// mismatch instead of being reported, so that report-only never accepts a
+// chain that did not verify.
+func (s Set) ApplyReportOnly(cfg *tls.Config, report func(error)) {
+	if report == nil {
+		report = func(error) {}
+	}
+	s.apply(cfg, report)
+}
+
+// apply installs the check; a nil report enforces.
+func (s Set) apply(cfg *tls.Config, report func(error)) {
 	if len(s) == 0 {
 		return
 	}
@@ -110,6 +150,11 @@ func (s Set) Apply(cfg *tls.Config) {
 				return err
 			}
 		}
-		return s.Verify(cs)
+		err := s.Verify(cs)
+		if err == nil || report == nil || len(cs.VerifiedChains) == 0 {
+			return err
+		}
+		report(err)
+		return nil
 	}
 }
