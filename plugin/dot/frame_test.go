@@ -2,9 +2,11 @@ package dot
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"io"
 	"testing"
+	"testing/iotest"
 )
 
 func TestReadFrame(t *testing.T) {
@@ -33,19 +35,46 @@ func TestReadFrame(t *testing.T) {
 	}
 }
 
+// FuzzReadFrame reads frames from arbitrary bytes, whole and one byte at a
+// time, until an error: each frame read is the next one of the stream, of the
+// length its prefix gives and at least a header long, and the error says
+// what ended the stream: io.EOF at a frame boundary, errShortFrame for a
+// length under a header's, io.ErrUnexpectedEOF for a cut frame.
 func FuzzReadFrame(f *testing.F) {
 	f.Add([]byte{0, 12, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12})
 	f.Add([]byte{0, 0})
 	f.Add([]byte{0xff, 0xff, 1})
 	f.Fuzz(func(t *testing.T, in []byte) {
-		r := bytes.NewReader(in)
-		for {
-			b, err := ReadFrame(r)
-			if err != nil {
-				return
-			}
-			if len(b) < headerLen {
-				t.Fatalf("frame of %d bytes accepted", len(b))
+		for _, r := range []io.Reader{bytes.NewReader(in), iotest.OneByteReader(bytes.NewReader(in))} {
+			rest := in
+			for {
+				b, err := ReadFrame(r)
+				n := -1 // the length the next prefix gives
+				if len(rest) >= 2 {
+					n = int(binary.BigEndian.Uint16(rest))
+				}
+				var want error
+				switch {
+				case len(rest) == 0:
+					want = io.EOF
+				case n < 0:
+					want = io.ErrUnexpectedEOF
+				case n < headerLen:
+					want = errShortFrame
+				case len(rest) < 2+n:
+					want = io.ErrUnexpectedEOF
+				}
+				if want == nil {
+					if err != nil || !bytes.Equal(b, rest[2:2+n]) {
+						t.Fatalf("ReadFrame = %x, %v; want the %d bytes %x", b, err, n, rest[2:2+n])
+					}
+					rest = rest[2+n:]
+					continue
+				}
+				if b != nil || !errors.Is(err, want) {
+					t.Fatalf("ReadFrame = %x, %v; want %v", b, err, want)
+				}
+				break
 			}
 		}
 	})

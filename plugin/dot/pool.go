@@ -92,6 +92,10 @@ type Pool struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // dials, readers and the janitor
 
+	// dialTCP opens the connection TLS runs over: TCP to cfg.Addr, or in
+	// tests one end of a net.Pipe.
+	dialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
+
 	mu      sync.Mutex // guards the fields below and every conn's call table
 	conns   []*conn    // open connections, oldest first
 	dialing bool
@@ -122,7 +126,8 @@ func New(cfg Config) *Pool {
 		cfg.Expire = DefaultExpire
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Pool{cfg: cfg, ctx: ctx, cancel: cancel}
+	d := &net.Dialer{KeepAlive: 15 * time.Second}
+	return &Pool{cfg: cfg, ctx: ctx, cancel: cancel, dialTCP: d.DialContext}
 }
 
 // Addr returns the upstream's address.
@@ -496,8 +501,7 @@ func (p *Pool) dial() {
 func (p *Pool) dialConn() (*conn, error) {
 	ctx, cancel := context.WithTimeout(p.ctx, p.cfg.Timeout)
 	defer cancel()
-	d := net.Dialer{KeepAlive: 15 * time.Second}
-	raw, err := d.DialContext(ctx, "tcp", p.cfg.Addr)
+	raw, err := p.dialTCP(ctx, "tcp", p.cfg.Addr)
 	if err != nil {
 		return nil, err
 	}

@@ -53,15 +53,20 @@ func protect(msg []byte, p Privacy) (out []byte, addedOPT bool, err error) {
 	} else if optEnd != len(msg) {
 		return msg, false, errNoEdit // TSIG or SIG(0) must stay last
 	}
-	// Keep every option but padding and, if asked, the client subnet.
+	// Check every option's length before the first change, so that a
+	// malformed OPT record is left as it was.
 	rdata := opt + 1 + rrFixedLen
+	for r := rdata; r+4 <= optEnd; {
+		r += 4 + int(binary.BigEndian.Uint16(msg[r+2:]))
+		if r > optEnd {
+			return msg, false, errNoEdit
+		}
+	}
+	// Keep every option but padding and, if asked, the client subnet.
 	w := rdata
 	for r := rdata; r+4 <= optEnd; {
 		code := binary.BigEndian.Uint16(msg[r:])
 		n := 4 + int(binary.BigEndian.Uint16(msg[r+2:]))
-		if r+n > optEnd {
-			return msg, false, errNoEdit
-		}
 		if code != optCodePadding && !(p.StripSubnet && code == optCodeSubnet) {
 			w += copy(msg[w:], msg[r:r+n])
 		}

@@ -2,7 +2,9 @@ package dot
 
 import (
 	"bytes"
+	"fmt"
 	"net"
+	"slices"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -151,29 +153,120 @@ func TestPaddedOnTheWire(t *testing.T) {
 }
 
 // FuzzProtect: whatever a packed query holds, protect does not panic, and
-// what it returns without error unpacks, padded to the block.
+// leaves a query it cannot edit as it was. A valid query it edits still
+// unpacks into the same message but for its OPT record: the same header,
+// sections and OPT fields, the same options in the same order less padding
+// (and the client subnet when stripped), then zero padding to the block; and
+// it reports an added OPT exactly when the query had none.
 func FuzzProtect(f *testing.F) {
 	plain := new(dns.Msg)
 	plain.SetQuestion("www.example.org.", dns.TypeA)
-	f.Add(packed(f, plain), true)
-	f.Add(packed(f, withEDNS(true, subnet())), false)
-	f.Add(packed(f, withEDNS(false, &dns.EDNS0_PADDING{Padding: make([]byte, 7)})), true)
-	f.Fuzz(func(t *testing.T, msg []byte, strip bool) {
-		valid := new(dns.Msg).Unpack(msg) == nil
-		out, _, err := protect(bytes.Clone(msg), Privacy{PadBlock: 128, StripSubnet: strip})
+	f.Add(packed(f, plain), true, uint8(128))
+	f.Add(packed(f, withEDNS(true, subnet())), false, uint8(128))
+	f.Add(packed(f, withEDNS(false, &dns.EDNS0_PADDING{Padding: make([]byte, 7)})), true, uint8(128))
+	f.Add(packed(f, withEDNS(false, subnet(), &dns.EDNS0_PADDING{Padding: make([]byte, 7)})), true, uint8(0))
+	f.Fuzz(func(t *testing.T, msg []byte, strip bool, block uint8) {
+		p := Privacy{PadBlock: int(block), StripSubnet: strip}
+		in := new(dns.Msg)
+		valid := in.Unpack(msg) == nil
+		out, added, err := protect(bytes.Clone(msg), p)
 		if err != nil {
 			if !bytes.Equal(out, msg) {
 				t.Fatal("a query protect could not edit was changed")
 			}
 			return
 		}
-		if len(out)%128 != 0 {
-			t.Fatalf("%d bytes", len(out))
-		}
-		if valid {
-			if err := new(dns.Msg).Unpack(out); err != nil {
-				t.Fatalf("a valid query no longer unpacks after protect: %v", err)
+		if p == (Privacy{}) {
+			if added || !bytes.Equal(out, msg) {
+				t.Fatal("a query was changed with nothing asked")
 			}
+			return
+		}
+		if p.PadBlock > 0 && len(out)%p.PadBlock != 0 {
+			t.Fatalf("%d bytes, not a multiple of %d", len(out), p.PadBlock)
+		}
+		if !valid {
+			return
+		}
+		o := new(dns.Msg)
+		if err := o.Unpack(out); err != nil {
+			t.Fatalf("a valid query no longer unpacks after protect: %v", err)
+		}
+		if fault := protectFault(in, o, p, added); fault != "" {
+			t.Fatalf("%s\nin:\n%v\nout:\n%v", fault, in, o)
 		}
 	})
+}
+
+// protectFault says how out, a query as protect edited it with p, differs
+// from in, the query as the client sent it, beyond what p asks for; added is
+// what protect reported.
+func protectFault(in, out *dns.Msg, p Privacy, added bool) string {
+	inOpt, outOpt := in.IsEdns0(), out.IsEdns0()
+	switch {
+	case in.MsgHdr != out.MsgHdr:
+		return "header changed"
+	case !slices.Equal(in.Question, out.Question):
+		return "question changed"
+	case !sameRRs(in.Answer, out.Answer) || !sameRRs(in.Ns, out.Ns):
+		return "answer or authority section changed"
+	case !sameRRs(withoutOPT(in.Extra), withoutOPT(out.Extra)):
+		return "additional records changed"
+	case len(out.Extra)-len(withoutOPT(out.Extra)) > 1:
+		return "more than one OPT record"
+	case added != (inOpt == nil && p.PadBlock > 0):
+		return fmt.Sprintf("added OPT %t with PadBlock %d and an OPT in the query %t", added, p.PadBlock, inOpt != nil)
+	case inOpt == nil && outOpt == nil:
+		return ""
+	case outOpt == nil:
+		return "OPT record lost"
+	}
+	if inOpt != nil {
+		ih, oh := inOpt.Hdr, outOpt.Hdr
+		ih.Rdlength, oh.Rdlength = 0, 0
+		if ih != oh {
+			return fmt.Sprintf("OPT header %v, was %v", oh, ih)
+		}
+	}
+	var want []dns.EDNS0
+	if inOpt != nil {
+		for _, o := range inOpt.Option {
+			if o.Option() != dns.EDNS0PADDING && !(p.StripSubnet && o.Option() == dns.EDNS0SUBNET) {
+				want = append(want, o)
+			}
+		}
+	}
+	got := outOpt.Option
+	if p.PadBlock > 0 {
+		if len(got) == 0 || got[len(got)-1].Option() != dns.EDNS0PADDING {
+			return "no padding option last"
+		}
+		if pad := got[len(got)-1].(*dns.EDNS0_PADDING).Padding; bytes.ContainsFunc(pad, func(r rune) bool { return r != 0 }) {
+			return "padding not zero"
+		}
+		got = got[:len(got)-1]
+	}
+	if len(got) != len(want) {
+		return fmt.Sprintf("options %v, want %v", got, want)
+	}
+	for i := range got {
+		if got[i].Option() != want[i].Option() || got[i].String() != want[i].String() {
+			return fmt.Sprintf("option %d is %v, want %v", i, got[i], want[i])
+		}
+	}
+	return ""
+}
+
+func withoutOPT(rrs []dns.RR) []dns.RR {
+	var out []dns.RR
+	for _, rr := range rrs {
+		if _, ok := rr.(*dns.OPT); !ok {
+			out = append(out, rr)
+		}
+	}
+	return out
+}
+
+func sameRRs(a, b []dns.RR) bool {
+	return slices.EqualFunc(a, b, func(x, y dns.RR) bool { return x.String() == y.String() })
 }

@@ -99,31 +99,34 @@ func (q *Query) answer(buf []byte) (*dns.Msg, error) {
 }
 
 // unprotect takes out of a what protect put into the query and a client did
-// not ask for: the OPT record added for padding, and padding.
+// not ask for: the OPT record added for padding, and padding. It looks at
+// every OPT record: an answer should hold at most one (RFC 6891 section
+// 6.1.1), but one that holds two must not slip either through.
 func (q *Query) unprotect(a *dns.Msg) {
 	if !q.padded {
 		return
 	}
-	for i := len(a.Extra) - 1; i >= 0; i-- {
-		opt, ok := a.Extra[i].(*dns.OPT)
-		if !ok {
+	extra := a.Extra[:0]
+	for _, rr := range a.Extra {
+		opt, ok := rr.(*dns.OPT)
+		switch {
+		case !ok:
+		case q.addedOPT:
 			continue
-		}
-		if q.addedOPT {
-			a.Extra = append(a.Extra[:i], a.Extra[i+1:]...)
-			if a.Rcode > 0xf { // an extended RCODE has no place without OPT
-				a.Rcode = dns.RcodeServerFailure
+		default:
+			opts := opt.Option[:0]
+			for _, o := range opt.Option {
+				if o.Option() != dns.EDNS0PADDING {
+					opts = append(opts, o)
+				}
 			}
-			return
+			opt.Option = opts
 		}
-		opts := opt.Option[:0]
-		for _, o := range opt.Option {
-			if o.Option() != dns.EDNS0PADDING {
-				opts = append(opts, o)
-			}
-		}
-		opt.Option = opts
-		return
+		extra = append(extra, rr)
+	}
+	a.Extra = extra
+	if q.addedOPT && a.Rcode > 0xf { // an extended RCODE has no place without OPT
+		a.Rcode = dns.RcodeServerFailure
 	}
 }
 
