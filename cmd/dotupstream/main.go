@@ -7,7 +7,9 @@
 // present), leaf.pin and ca.pin (their SPKI pins), and addr (the address it
 // listens on, written last, once it serves). It answers as dottest.Answer
 // does: A 192.0.2.1, AAAA 2001:db8::1, NXDOMAIN for names starting "nx.",
-// about 4 kB of TXT for names starting "big.". It stops on SIGINT or SIGTERM.
+// about 4 kB of TXT for names starting "big.". With -close-after N it closes
+// each connection once it has answered N queries, as upstreams that limit
+// queries per connection do. It stops on SIGINT or SIGTERM.
 package main
 
 import (
@@ -28,7 +30,11 @@ func main() {
 	dir := flag.String("dir", ".", "directory to write ca.pem, cert.pem, key.pem, leaf.pin, ca.pin and addr into")
 	name := flag.String("name", dottest.DefaultName, "server name in the certificate")
 	certsOnly := flag.Bool("certs-only", false, "write the files and exit without serving")
+	closeAfter := flag.Int("close-after", 0, "close each connection once it has answered this many queries (0: never)")
 	flag.Parse()
+	if *closeAfter < 0 {
+		log.Fatalf("-close-after %d: want 0 or more", *closeAfter)
+	}
 
 	ca, err := dottest.NewCA("dotupstream throwaway CA")
 	if err != nil {
@@ -54,7 +60,7 @@ func main() {
 		return
 	}
 
-	srv, err := dottest.Start(dottest.Options{Addr: *listen, CA: ca, Leaf: leaf})
+	srv, err := dottest.Start(dottest.Options{Addr: *listen, CA: ca, Leaf: leaf, CloseAfter: *closeAfter})
 	if err != nil {
 		log.Fatal(err)
 	}
