@@ -4,7 +4,7 @@
 //
 // The server reads frames itself rather than through miekg/dns's server, so a
 // test can make it misbehave exactly: answer out of order, hold answers, close
-// after some queries, or write raw bytes.
+// after some queries or when idle, or write raw bytes.
 package dottest
 
 import (
@@ -45,6 +45,11 @@ type Options struct {
 	// CloseAfter closes each connection once it has answered this many queries.
 	// Zero never closes.
 	CloseAfter int
+
+	// IdleTimeout closes each connection on which no query has begun to
+	// arrive for this long, answers pending or not, as upstreams do to
+	// connections they find idle. Zero never closes.
+	IdleTimeout time.Duration
 }
 
 // Server is a running DoT upstream.
@@ -57,9 +62,10 @@ type Server struct {
 	ln   net.Listener
 	wg   sync.WaitGroup
 
-	mu     sync.Mutex // guards conns and closed
+	mu     sync.Mutex // guards conns, closed and idle
 	conns  map[net.Conn]struct{}
 	closed bool
+	idle   []chan struct{} // closed when conns is next empty
 
 	accepted   atomic.Int64
 	handshakes atomic.Int64
@@ -127,6 +133,21 @@ func (s *Server) Queries() int { return int(s.queries.Load()) }
 // is, bytes of DNS queries and their length prefixes.
 func (s *Server) BytesRead() int { return int(s.bytesRead.Load()) }
 
+// Idle returns a channel that is closed once no client connection is open: at
+// once if none is, else when the last one open closes. A test waits on it for
+// the server to have dropped its connections (IdleTimeout, CloseAfter).
+func (s *Server) Idle() <-chan struct{} {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ch := make(chan struct{})
+	if len(s.conns) == 0 {
+		close(ch)
+	} else {
+		s.idle = append(s.idle, ch)
+	}
+	return ch
+}
+
 // CloseConns closes every open client connection, as an upstream does when it
 // restarts or drops idle connections. The listener stays open.
 func (s *Server) CloseConns() {
@@ -178,6 +199,12 @@ func (s *Server) serveConn(raw net.Conn, tc *tls.Conn) {
 		handlers.Wait()
 		s.mu.Lock()
 		delete(s.conns, raw)
+		if len(s.conns) == 0 {
+			for _, ch := range s.idle {
+				close(ch)
+			}
+			s.idle = nil
+		}
 		s.mu.Unlock()
 	}()
 	if err := tc.HandshakeContext(context.Background()); err != nil {
@@ -212,8 +239,14 @@ func (s *Server) serveConn(raw net.Conn, tc *tls.Conn) {
 
 	var hdr [2]byte
 	for {
+		if s.opts.IdleTimeout > 0 {
+			tc.SetReadDeadline(time.Now().Add(s.opts.IdleTimeout))
+		}
 		if _, err := io.ReadFull(tc, hdr[:]); err != nil {
 			return
+		}
+		if s.opts.IdleTimeout > 0 {
+			tc.SetReadDeadline(time.Time{}) // the rest of the frame, and Raw's reads, take their time
 		}
 		frame := make([]byte, binary.BigEndian.Uint16(hdr[:]))
 		if _, err := io.ReadFull(tc, frame); err != nil {
