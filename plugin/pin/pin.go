@@ -37,7 +37,12 @@ func Of(cert *x509.Certificate) Pin { return sha256.Sum256(cert.RawSubjectPublic
 // "sha256/" prefix, as HPKP headers and curl's --pinnedpubkey write it.
 func Parse(s string) (Pin, error) {
 	var p Pin
-	b, err := base64.StdEncoding.DecodeString(strings.TrimPrefix(s, "sha256/"))
+	// "sha256/" is also valid base64, so a pin may itself begin with it:
+	// the whole string is tried first, then without the prefix.
+	b, err := base64.StdEncoding.DecodeString(s)
+	if (err != nil || len(b) != len(p)) && strings.HasPrefix(s, "sha256/") {
+		b, err = base64.StdEncoding.DecodeString(strings.TrimPrefix(s, "sha256/"))
+	}
 	if err != nil || len(b) != len(p) {
 		return p, fmt.Errorf("%q is not base64 of a %d-byte SHA-256 digest", s, len(p))
 	}
