@@ -1,19 +1,24 @@
 # dotstub: CoreDNS with the dotstub plugin.
 #   make build   build ./coredns
 #   make run     build, then serve Corefile.example (PORT=53 by default)
-#   make test    install what the tests need, then vet and run every test with -race
+#   make test    install what the tests need, vet, staticcheck, every test with -race, then
+#                each fuzz target for FUZZTIME (5s)
 #   make demo    a local DoT upstream, ./coredns in front, a few queries; no internet
 #   make bench   dotstub side by side with forward, Unbound, Stubby and dnsdist (about 15 minutes)
 #   make bench-failover   dotstub and forward when upstreams die, stall or lag (about 3 minutes)
+#   make soak    ./coredns under a steady load for SOAK (10m): memory, descriptors, goroutines
+#   make fuzz    each fuzz target for FUZZTIME (10m here), one after another (scripts/fuzz.sh)
 #   make clean   remove what the build wrote
 
 GO      ?= go
 PORT    ?= 53
+SOAK    ?= 10m
+FUZZTIME ?= 5s
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT) -X main.version=$(VERSION)
 
-.PHONY: build run test demo bench bench-failover clean
+.PHONY: build run test demo bench bench-failover soak fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o coredns ./cmd/coredns
@@ -22,9 +27,11 @@ run: build
 	./coredns -conf Corefile.example -dns.port $(PORT)
 
 test:
-	scripts/need.sh gcc:gcc
+	scripts/need.sh gcc:gcc promtool:prometheus
 	$(GO) vet ./...
-	CGO_ENABLED=1 $(GO) test -race -count=1 ./...
+	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
+	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
 
 demo: build
 	scripts/need.sh kdig:knot-dnsutils curl:curl
@@ -38,6 +45,15 @@ bench-failover:
 	mkdir -p bench/out
 	$(GO) build -ldflags "$(LDFLAGS)" -o bench/out/coredns ./cmd/coredns
 	$(GO) run ./bench/failover $(BENCHFLAGS)
+
+soak: build
+	$(GO) build -o dotupstream ./cmd/dotupstream
+	$(GO) run ./bench/soak -duration $(SOAK) $(SOAKFLAGS)
+
+# make fuzz FUZZTIME=1m for a shorter run.
+fuzz: FUZZTIME = 10m
+fuzz:
+	GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
 
 clean:
 	rm -f coredns dotupstream
