@@ -4,12 +4,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dotstub/dotstub/bench/internal/benchkit"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -17,7 +16,6 @@ import (
 
 const (
 	readyWait = 15 * time.Second // how long CoreDNS may take to answer its first query
-	stopWait  = 5 * time.Second  // SIGTERM, then SIGKILL after this
 )
 
 // corefile is the whole Corefile of one row: a server block on port in
@@ -50,10 +48,8 @@ func corefile(r row, port int, caFile string, ups []*upstream) string {
 
 // coredns is one CoreDNS process started by the harness.
 type coredns struct {
-	cmd  *exec.Cmd
-	addr string        // 127.0.0.1:port it serves
-	log  string        // file holding its stdout and stderr
-	done chan struct{} // closed when the process has exited and been waited for
+	*benchkit.Proc
+	addr string // 127.0.0.1:port it serves
 }
 
 // startCoreDNS writes conf to dir and starts bin/coredns on it, then waits
@@ -63,25 +59,20 @@ func startCoreDNS(ctx context.Context, bin, dir, name, conf string, port int) (*
 	if err := os.WriteFile(path, []byte(conf), 0o644); err != nil {
 		return nil, err
 	}
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	p, err := benchkit.Start(dir, name, filepath.Join(bin, "coredns"), "-conf", path)
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close() // the child has its own descriptor
-	cmd := exec.Command(filepath.Join(bin, "coredns"), "-conf", path)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	c := &coredns{cmd: cmd, addr: fmt.Sprintf("127.0.0.1:%d", port), log: logf.Name(), done: make(chan struct{})}
-	go func() { cmd.Wait(); close(c.done) }()
+	c := &coredns{Proc: p, addr: fmt.Sprintf("127.0.0.1:%d", port)}
 	if err := c.waitReady(ctx); err != nil {
 		c.stop()
 		return nil, fmt.Errorf("coredns did not answer: %v; log:\n%s", err, c.tail())
 	}
 	return c, nil
 }
+
+func (c *coredns) stop()        { c.Stop() }
+func (c *coredns) tail() string { return c.Tail(2000) }
 
 // waitReady sends queries until one is answered with an A record, the
 // process exits, or readyWait passes.
@@ -92,7 +83,7 @@ func (c *coredns) waitReady(ctx context.Context) error {
 	err := errors.New("no answer")
 	for deadline := time.Now().Add(readyWait); time.Now().Before(deadline); {
 		select {
-		case <-c.done:
+		case <-c.Done():
 			return errors.New("coredns exited")
 		case <-ctx.Done():
 			return ctx.Err()
@@ -105,53 +96,4 @@ func (c *coredns) waitReady(ctx context.Context) error {
 		time.Sleep(50 * time.Millisecond)
 	}
 	return err
-}
-
-// stop ends the process by its PID: SIGTERM, SIGKILL after stopWait, and
-// waits for it.
-func (c *coredns) stop() {
-	c.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-c.done:
-	case <-time.After(stopWait):
-		c.cmd.Process.Kill()
-		<-c.done
-	}
-}
-
-// tail is the end of the process's log, for error messages.
-func (c *coredns) tail() string {
-	data, _ := os.ReadFile(c.log)
-	if len(data) > 2000 {
-		data = data[len(data)-2000:]
-	}
-	return string(data)
-}
-
-// freePort finds a loopback port free for both UDP and TCP, since CoreDNS
-// binds both.
-func freePort() (int, error) {
-	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port")
-}
-
-// coreVersion is the first line of `coredns -version`.
-func coreVersion(bin string) string {
-	out, err := exec.Command(filepath.Join(bin, "coredns"), "-version").Output()
-	if err != nil {
-		return "coredns: " + err.Error()
-	}
-	return strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
 }

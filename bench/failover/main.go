@@ -20,6 +20,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/dotstub/dotstub/bench/internal/benchkit"
 	"log"
 	"net"
 	"os"
@@ -68,7 +69,7 @@ func main() {
 
 	var md strings.Builder
 	fmt.Fprintf(&md, "%s. Command: `%s`. %s. Steady loads: %g queries/s over UDP from one client, client timeout %s; one run per row.\n\n",
-		machine(), command(), coreVersion(h.bin), *rate, clientTimeout)
+		benchkit.Machine("client, CoreDNS and upstreams"), command(), benchkit.Version(filepath.Join(h.bin, "coredns")), *rate, clientTimeout)
 	for _, sc := range scs {
 		md.WriteString(h.runScenario(ctx, sc))
 	}
@@ -191,7 +192,7 @@ func (h *harness) runRow(ctx context.Context, sc scenario, i int, r row) ([]stri
 	if sc.prepare != nil {
 		sc.prepare(a, b)
 	}
-	port, err := freePort()
+	port, err := benchkit.FreePort()
 	if err != nil {
 		return nil, err
 	}

@@ -21,9 +21,9 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"github.com/dotstub/dotstub/bench/internal/benchkit"
 	"log"
 	"os"
-	"os/exec"
 	"os/signal"
 	"path/filepath"
 	"runtime"
@@ -136,7 +136,7 @@ func run(ctx context.Context, c config) (string, error) {
 	}
 	defer cd.stop()
 	log.Printf("soak: coredns pid %d on %s, upstream pid %d on %s closing connections after %d answers; %g queries/s for %s",
-		cd.cmd.Process.Pid, addr, up.cmd.Process.Pid, up.addr, c.closeAfter, c.rate, c.duration)
+		cd.Cmd.Process.Pid, addr, up.Cmd.Process.Pid, up.addr, c.closeAfter, c.rate, c.duration)
 
 	l := &load{addr: addr, rate: c.rate, tcpEvery: c.tcpEvery, max: c.maxQueries}
 	sc := newScraper(ps)
@@ -263,7 +263,7 @@ func report(c config, cd *proc, s []sample) string {
 
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s. %s. Command: `%s`. Load: %g queries/s (%.0f achieved), one A query per distinct name, %s, client timeout %s; the upstream closes each connection after %d answers. Samples are taken with the load paused until no query is in flight.\n\n",
-		machine(), version(c.coredns), command(), c.rate, float64(end.load.sent)/end.at.Seconds(), tcpText(c.tcpEvery), clientTimeout, c.closeAfter)
+		benchkit.Machine("client, CoreDNS and upstream"), benchkit.Version(c.coredns), command(), c.rate, float64(end.load.sent)/end.at.Seconds(), tcpText(c.tcpEvery), clientTimeout, c.closeAfter)
 	b.WriteString(table(header, rows))
 	fmt.Fprintf(&b, "\nTargets, %s to the end, less what the open upstream connections hold: descriptors %s (%s), goroutines %s (%s); resident memory %s (%s, under +10%%).\n",
 		short(mid.at), diff(fds(mid), fds(end)), verdict(fds(end) <= fds(mid)), diff(gos(mid), gos(end)),
@@ -325,30 +325,6 @@ func table(header []string, rows [][]string) string {
 		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
 	}
 	return b.String()
-}
-
-// machine is the date and the machine the soak ran on.
-func machine() string {
-	model := "unknown CPU"
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				model = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return fmt.Sprintf("%s, %d cores (%s), client, CoreDNS and upstream on the same machine",
-		time.Now().Format("2006-01-02"), runtime.NumCPU(), model)
-}
-
-// version is the first line of `coredns -version`.
-func version(bin string) string {
-	out, err := exec.Command(bin, "-version").Output()
-	if err != nil {
-		return "coredns -version: " + err.Error()
-	}
-	return strings.SplitN(strings.TrimSpace(string(out)), "\n", 2)[0]
 }
 
 func command() string {

@@ -4,77 +4,35 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/dotstub/dotstub/bench/internal/benchkit"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
 )
 
-const (
-	startWait = 20 * time.Second // how long a child may take to come up
-	stopWait  = 5 * time.Second  // SIGTERM, then SIGKILL after this
-)
+const startWait = 20 * time.Second // how long a child may take to come up
 
 // proc is a child process: the upstream or CoreDNS.
-type proc struct {
-	name string
-	cmd  *exec.Cmd
-	log  string        // file holding its stdout and stderr
-	done chan struct{} // closed once it has exited and been waited for
-}
+type proc struct{ *benchkit.Proc }
 
-// startProc starts bin with args in dir, its output going to dir/name.log.
-// The child gets SIGKILL if this process dies first (Pdeathsig), so nothing
-// outlives the soak however it ends. Pdeathsig follows the thread that
-// forked the child; main locks its goroutine to its thread, and every child
-// is started from main, so that thread lives as long as the process.
 func startProc(dir, name, bin string, args ...string) (*proc, error) {
-	logf, err := os.Create(filepath.Join(dir, name+".log"))
+	p, err := benchkit.Start(dir, name, bin, args...)
 	if err != nil {
 		return nil, err
 	}
-	defer logf.Close() // the child has its own descriptor
-	cmd := exec.Command(bin, args...)
-	cmd.Dir = dir
-	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	p := &proc{name: name, cmd: cmd, log: logf.Name(), done: make(chan struct{})}
-	go func() { cmd.Wait(); close(p.done) }()
-	return p, nil
+	return &proc{p}, nil
 }
 
-// stop ends the process by its PID: SIGTERM, SIGKILL after stopWait; it
-// returns once the process has been waited for.
-func (p *proc) stop() {
-	p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-	case <-time.After(stopWait):
-		p.cmd.Process.Kill()
-		<-p.done
-	}
-}
-
-// tail is the end of the process's log, for error messages.
-func (p *proc) tail() string {
-	data, _ := os.ReadFile(p.log)
-	if len(data) > 3000 {
-		data = data[len(data)-3000:]
-	}
-	return string(data)
-}
+func (p *proc) stop()        { p.Stop() }
+func (p *proc) tail() string { return p.Tail(3000) }
 
 // grep returns the first n lines of the process's log that hold any of subs.
 func (p *proc) grep(n int, subs ...string) []string {
-	data, _ := os.ReadFile(p.log)
+	data, _ := os.ReadFile(p.Log)
 	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
 		for _, s := range subs {
@@ -180,8 +138,8 @@ func poll(ctx context.Context, p *proc, wait time.Duration, cond func() bool) er
 	deadline := time.After(wait)
 	for !cond() {
 		select {
-		case <-p.done:
-			return errors.New(p.name + " exited")
+		case <-p.Done():
+			return errors.New(p.Name + " exited")
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-deadline:
@@ -192,31 +150,12 @@ func poll(ctx context.Context, p *proc, wait time.Duration, cond func() bool) er
 	return nil
 }
 
-// freePort finds a loopback port free for both UDP and TCP, since CoreDNS
-// binds both.
-func freePort() (int, error) {
-	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port, nil
-		}
-	}
-	return 0, errors.New("no free port")
-}
-
 // freePorts finds three distinct free ports.
 func freePorts() (ports, error) {
 	seen := map[int]bool{}
 	var got []int
 	for len(got) < 3 && len(seen) < 30 {
-		p, err := freePort()
+		p, err := benchkit.FreePort()
 		if err != nil {
 			return ports{}, err
 		}
