@@ -173,7 +173,7 @@ func (h *harness) runScenario(ctx context.Context, sc scenario) string {
 		}
 		rows = append(rows, append([]string{r.label}, cells...))
 	}
-	return fmt.Sprintf("**%s**\n\n%s\n\n%s\n", sc.title, sc.about, table(sc.header, rows))
+	return fmt.Sprintf("**%s**\n\n%s\n\n%s\n", sc.title, sc.about, benchkit.Table(sc.header, rows))
 }
 
 // runRow starts the upstreams and a CoreDNS for r, runs sc's load and
@@ -192,7 +192,7 @@ func (h *harness) runRow(ctx context.Context, sc scenario, i int, r row) ([]stri
 	if sc.prepare != nil {
 		sc.prepare(a, b)
 	}
-	port, err := benchkit.FreePort()
+	port, err := dottest.FreePort()
 	if err != nil {
 		return nil, err
 	}

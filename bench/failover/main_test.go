@@ -36,14 +36,6 @@ func TestPercentile(t *testing.T) {
 	}
 }
 
-func TestTable(t *testing.T) {
-	got := table([]string{"peer", "a", "b"}, [][]string{{"x", "1", "2"}, {"y", "error: boom"}})
-	want := "| peer | a | b |\n|---|---:|---:|\n| x | 1 | 2 |\n| y | error: boom |  |\n"
-	if got != want {
-		t.Errorf("table:\n%s\nwant:\n%s", got, want)
-	}
-}
-
 func TestMs(t *testing.T) {
 	for _, tc := range []struct {
 		d    time.Duration

@@ -264,7 +264,7 @@ func report(c config, cd *proc, s []sample) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s. %s. Command: `%s`. Load: %g queries/s (%.0f achieved), one A query per distinct name, %s, client timeout %s; the upstream closes each connection after %d answers. Samples are taken with the load paused until no query is in flight.\n\n",
 		benchkit.Machine("client, CoreDNS and upstream"), benchkit.Version(c.coredns), command(), c.rate, float64(end.load.sent)/end.at.Seconds(), tcpText(c.tcpEvery), clientTimeout, c.closeAfter)
-	b.WriteString(table(header, rows))
+	b.WriteString(benchkit.Table(header, rows))
 	fmt.Fprintf(&b, "\nTargets, %s to the end, less what the open upstream connections hold: descriptors %s (%s), goroutines %s (%s); resident memory %s (%s, under +10%%).\n",
 		short(mid.at), diff(fds(mid), fds(end)), verdict(fds(end) <= fds(mid)), diff(gos(mid), gos(end)),
 		verdict(gos(end) <= gos(mid)), pct(mid.rss, end.rss), verdict(end.rss < 1.1*mid.rss))
@@ -308,23 +308,6 @@ func short(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
-}
-
-func table(header []string, rows [][]string) string {
-	var b strings.Builder
-	b.WriteString("| " + strings.Join(header, " | ") + " |\n|")
-	for i := range header {
-		if i == 0 {
-			b.WriteString("---|")
-		} else {
-			b.WriteString("---:|")
-		}
-	}
-	b.WriteString("\n")
-	for _, r := range rows {
-		b.WriteString("| " + strings.Join(r, " | ") + " |\n")
-	}
-	return b.String()
 }
 
 func command() string {

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"github.com/dotstub/dotstub/bench/internal/benchkit"
+	"github.com/dotstub/dotstub/plugin/dottest"
 	"net"
 	"os"
 	"path/filepath"
@@ -155,7 +156,7 @@ func freePorts() (ports, error) {
 	seen := map[int]bool{}
 	var got []int
 	for len(got) < 3 && len(seen) < 30 {
-		p, err := benchkit.FreePort()
+		p, err := dottest.FreePort()
 		if err != nil {
 			return ports{}, err
 		}

@@ -1,12 +1,10 @@
 // Package benchkit holds what the benchmark programs under bench/ share: a
-// child process that cannot outlive them, a free loopback port, and the lines
-// that say where and with what a benchmark ran.
+// child process that cannot outlive them, markdown tables, and the lines that
+// say where and with what a benchmark ran.
 package benchkit
 
 import (
-	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -74,23 +72,25 @@ func (p *Proc) Tail(n int) string {
 	return string(data)
 }
 
-// FreePort finds a loopback port free for both UDP and TCP, since CoreDNS
-// binds both.
-func FreePort() (int, error) {
-	for range 20 {
-		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-		if err != nil {
-			return 0, err
-		}
-		port := pc.LocalAddr().(*net.UDPAddr).Port
-		ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port))
-		pc.Close()
-		if err == nil {
-			ln.Close()
-			return port, nil
+// Table renders a markdown table: the first column left-aligned, the others
+// right-aligned, as numbers read best. A short row gets empty cells.
+func Table(header []string, rows [][]string) string {
+	var b strings.Builder
+	b.WriteString("| " + strings.Join(header, " | ") + " |\n|")
+	for i := range header {
+		if i == 0 {
+			b.WriteString("---|")
+		} else {
+			b.WriteString("---:|")
 		}
 	}
-	return 0, errors.New("no free port")
+	b.WriteString("\n")
+	for _, r := range rows {
+		cells := make([]string, len(header))
+		copy(cells, r)
+		b.WriteString("| " + strings.Join(cells, " | ") + " |\n")
+	}
+	return b.String()
 }
 
 // Machine is the date, the number of cores and the CPU model, followed by
