@@ -76,13 +76,21 @@ type Events struct {
 
 // Errors an Exchange can return besides its context's.
 var (
-	ErrClosed    = errors.New("dot: pool closed")
-	errConnLost  = errors.New("connection lost before the answer")
-	errStalled   = errors.New("upstream stopped answering on the connection")
-	errBadAnswer = errors.New("bad answer")
-	errAbandoned = errors.New("too many queries unanswered on the connection")
-	errExpired   = errors.New("idle connection expired")
+	ErrClosed          = errors.New("dot: pool closed")
+	errConnLost        = errors.New("connection lost before the answer")
+	errStalled   error = stallError{}
+	errBadAnswer       = errors.New("bad answer")
+	errAbandoned       = errors.New("too many queries unanswered on the connection")
+	errExpired         = errors.New("idle connection expired")
 )
+
+// stallError is errStalled. It is a timeout (net.Error), so that metrics and
+// logs file the queries it takes down under timeouts, where they belong.
+type stallError struct{}
+
+func (stallError) Error() string   { return "upstream stopped answering on the connection" }
+func (stallError) Timeout() bool   { return true }
+func (stallError) Temporary() bool { return false }
 
 // Pool is a set of connections to one upstream. Its methods are safe for
 // concurrent use.

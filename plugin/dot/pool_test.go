@@ -571,3 +571,11 @@ func TestAuthFailuresBackOffLonger(t *testing.T) {
 		})
 	}
 }
+
+func TestStallIsATimeout(t *testing.T) {
+	var ne net.Error
+	err := fmt.Errorf("%w: %w", errConnLost, errStalled) // as connFailed hands it out
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		t.Errorf("%v is not a timeout", err)
+	}
+}
