@@ -34,7 +34,6 @@ type latency struct {
 // add takes in one answer time, or the time spent on a query that failed.
 func (l *latency) add(d time.Duration) {
 	l.mu.Lock()
-	defer l.mu.Unlock()
 	srtt := time.Duration(l.srtt.Load())
 	if srtt == 0 {
 		srtt, l.rttvar = d, d/2
@@ -46,11 +45,14 @@ func (l *latency) add(d time.Duration) {
 	l.patience.Store(int64(max(srtt+4*l.rttvar, minPatience)))
 	l.recent[l.n%recentLen] = d
 	l.n++
-	if l.n >= recentLen && l.n%p95Every == 0 {
-		s := l.recent
-		slices.Sort(s[:])
-		l.p95.Store(int64(s[recentLen*95/100]))
+	if l.n < recentLen || l.n%p95Every != 0 {
+		l.mu.Unlock()
+		return
 	}
+	recent := l.recent // a copy, sorted outside the lock
+	l.mu.Unlock()
+	slices.Sort(recent[:])
+	l.p95.Store(int64(recent[recentLen*95/100]))
 }
 
 // reset forgets every answer time but d: the upstream has just come back,
