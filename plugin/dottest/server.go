@@ -37,6 +37,12 @@ type Options struct {
 	// Default: Answer.
 	Handler func(q *dns.Msg) *dns.Msg
 
+	// Wire, when set, answers one query instead of Handler, as Handler does
+	// (in a goroutine of its own), with the bytes of the message to send:
+	// the server frames them with their length as they are, so a test can
+	// send any bytes as an answer. Nil sends nothing for that query.
+	Wire func(q *dns.Msg) []byte
+
 	// Raw, when set, receives every query frame (without its length prefix)
 	// instead of Handler and may write anything to c. It runs on the
 	// connection's reader; returning false closes the connection.
@@ -50,6 +56,11 @@ type Options struct {
 	// arrive for this long, answers pending or not, as upstreams do to
 	// connections they find idle. Zero never closes.
 	IdleTimeout time.Duration
+
+	// Keepalive answers a query that carries edns-tcp-keepalive (RFC 7828)
+	// with the option, stating IdleTimeout; zero asks the client to close
+	// the connection. Handler's answers only.
+	Keepalive bool
 }
 
 // Server is a running DoT upstream.
@@ -219,11 +230,7 @@ func (s *Server) serveConn(raw net.Conn, tc *tls.Conn) {
 		wmu      sync.Mutex // serializes writes and guards answered
 		answered int
 	)
-	write := func(m *dns.Msg) {
-		buf, err := m.Pack()
-		if err != nil {
-			return
-		}
+	write := func(buf []byte) {
 		wmu.Lock()
 		defer wmu.Unlock()
 		if s.opts.CloseAfter > 0 && answered >= s.opts.CloseAfter {
@@ -267,9 +274,42 @@ func (s *Server) serveConn(raw net.Conn, tc *tls.Conn) {
 		handlers.Add(1)
 		go func() {
 			defer handlers.Done()
+			if s.opts.Wire != nil {
+				if buf := s.opts.Wire(q); buf != nil {
+					write(buf)
+				}
+				return
+			}
 			if a := s.opts.Handler(q); a != nil {
-				write(a)
+				if s.opts.Keepalive && askedKeepalive(q) {
+					statesKeepalive(a, s.opts.IdleTimeout)
+				}
+				if buf, err := a.Pack(); err == nil {
+					write(buf)
+				}
 			}
 		}()
 	}
+}
+
+// askedKeepalive reports whether q carries edns-tcp-keepalive.
+func askedKeepalive(q *dns.Msg) bool {
+	if opt := q.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if o.Option() == dns.EDNS0TCPKEEPALIVE {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// statesKeepalive adds to a an edns-tcp-keepalive option stating idle.
+func statesKeepalive(a *dns.Msg, idle time.Duration) {
+	opt := a.IsEdns0()
+	if opt == nil {
+		a.SetEdns0(1232, false)
+		opt = a.IsEdns0()
+	}
+	opt.Option = append(opt.Option, &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: uint16(idle / (100 * time.Millisecond))})
 }
