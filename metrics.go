@@ -98,8 +98,15 @@ var (
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "resends_total",
-		Help:      "Counter of queries sent again to the same upstream, on a new connection, after the one carrying them died.",
+		Help:      "Counter of queries sent again to the same upstream after the connection carrying them died or brought a bad answer.",
 	}, []string{"to"})
+
+	badAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "bad_answers_total",
+		Help:      "Counter of answers from the upstream dropped as bad, by reason: malformed, wrong_id or wrong_question.",
+	}, []string{"to", "reason"})
 
 	certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
@@ -127,7 +134,7 @@ var (
 // test that holds README's Metrics section to them.
 var collectors = []prometheus.Collector{
 	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures, healthy,
-	failovers, hedges, connQueries, resends, certExpiry, maxConcurrentRejects, inflightCollector,
+	failovers, hedges, connQueries, resends, badAnswers, certExpiry, maxConcurrentRejects, inflightCollector,
 	pinReportOnlyMismatches,
 }
 
@@ -145,10 +152,11 @@ const expiryWarning = 14 * 24 * time.Hour
 // otherwise at most once per logEvery; a recovery is logged once.
 func poolEvents(to string) dot.Events {
 	var (
-		mu      sync.Mutex // guards the fields below
-		last    string     // reason last logged; "" when healthy
-		lastLog time.Time
-		warned  time.Time // the expiry last warned of
+		mu        sync.Mutex // guards the fields below
+		last      string     // reason last logged; "" when healthy
+		lastLog   time.Time
+		warned    time.Time // the expiry last warned of
+		untrusted time.Time // when a connection closed for bad answers was last logged
 	)
 	return dot.Events{
 		Dialed: func(err error, st *tls.ConnectionState) {
@@ -184,12 +192,25 @@ func poolEvents(to string) dot.Events {
 			connQueries.WithLabelValues(to).Observe(float64(answered))
 		},
 		Resent: func() { resends.WithLabelValues(to).Inc() },
-		Serial: func(on bool) {
+		Bad:    func(reason dot.BadReason) { badAnswers.WithLabelValues(to, string(reason)).Inc() },
+		Untrusted: func() {
+			mu.Lock()
+			defer mu.Unlock()
+			if now := time.Now(); now.Sub(untrusted) >= logEvery {
+				log.Warningf("Upstream %s: most answers on a connection were bad (see %s); connection closed", to,
+					"coredns_dotstub_bad_answers_total")
+				untrusted = now
+			}
+		},
+		Serial: func(on bool, why string) {
 			if on {
-				log.Warningf("Upstream %s: does not handle pipelined queries (it closes connections that carry several, or works on one at a time); sending one query per connection for five minutes", to)
+				log.Warningf("Upstream %s: does not handle pipelined queries (%s); sending one query per connection for five minutes", to, why)
 			} else {
 				log.Infof("Upstream %s: trying pipelined queries again", to)
 			}
+		},
+		Limit: func(n int) {
+			log.Infof("Upstream %s: closes each connection after %d queries; sending at most %d on each", to, n, n)
 		},
 	}
 }
@@ -255,14 +276,17 @@ func changed(to string) func(bool, error) {
 // inflight reports, at each scrape, the queries in flight on every upstream
 // of every running dotstub, without a cost per query.
 type inflight struct {
-	desc *prometheus.Desc
-	mu   sync.Mutex
-	live map[*Dotstub]struct{}
+	desc      *prometheus.Desc
+	limitDesc *prometheus.Desc
+	mu        sync.Mutex
+	live      map[*Dotstub]struct{}
 }
 
 var inflightCollector = &inflight{
 	desc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "inflight"),
 		"Gauge of the queries in flight to each upstream.", []string{"to"}, nil),
+	limitDesc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "conn_query_limit"),
+		"Gauge of the queries the upstream answers per connection before it closes it, as learned; absent until learned.", []string{"to"}, nil),
 	live: map[*Dotstub]struct{}{},
 }
 
@@ -299,20 +323,28 @@ func (c *inflight) namedLocked(to string) bool {
 }
 
 // Describe implements prometheus.Collector.
-func (c *inflight) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc }
+func (c *inflight) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.limitDesc }
 
 // Collect implements prometheus.Collector. Two stanzas may name the same
-// upstream: their figures add up under one label.
+// upstream: their queries in flight add up under one label, and the lower
+// of their learned limits is reported.
 func (c *inflight) Collect(ch chan<- prometheus.Metric) {
-	sum := map[string]int{}
+	sum, limit := map[string]int{}, map[string]int{}
 	c.mu.Lock()
 	for d := range c.live {
 		for _, u := range d.upstreams {
-			sum[u.Name()] += u.Stats().Inflight
+			s := u.Stats()
+			sum[u.Name()] += s.Inflight
+			if l, ok := limit[u.Name()]; s.QueryLimit > 0 && (!ok || s.QueryLimit < l) {
+				limit[u.Name()] = s.QueryLimit
+			}
 		}
 	}
 	c.mu.Unlock()
 	for to, n := range sum {
 		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), to)
+	}
+	for to, n := range limit {
+		ch <- prometheus.MustNewConstMetric(c.limitDesc, prometheus.GaugeValue, float64(n), to)
 	}
 }

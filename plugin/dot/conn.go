@@ -2,8 +2,12 @@ package dot
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
+	"fmt"
+	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -13,59 +17,151 @@ import (
 )
 
 // conn is one TLS connection to an upstream carrying many queries at once
-// (RFC 7766 section 6.2.1.1). One reader goroutine owns every read and routes
-// answers to their callers by ID. One writer goroutine owns every write:
-// callers append their frame to the pending buffer and wake it, never block on
-// the socket, and queries that arrive while a write is in progress go out
-// together in the next one, sharing a TLS record and a system call. The call
-// table and state live under the pool's mutex.
+// (RFC 7766 section 6.2.1.1). It owns its call table: it hands out IDs,
+// routes each answer to the query it answers, and keeps the account of the
+// faults it sees, so that a bad answer costs the query it hit and nothing
+// more. One reader goroutine owns every read. One writer goroutine owns every
+// write: callers append their frame to the pending buffer and wake it, never
+// block on the socket, and queries that arrive while a write is in progress
+// go out together in the next one, sharing a TLS record and a system call.
+//
+// The pool decides which connection a query goes to and what a connection may
+// carry (tryAdd's arguments); the connection tells the pool what happened
+// through owner (see connOwner), never under its own lock.
 type conn struct {
-	pool *Pool
-	raw  net.Conn // the TCP socket under tc, closed directly to stop the reader
-	tc   *tls.Conn
+	owner        connOwner
+	raw          net.Conn // the TCP socket under tc, closed directly to stop the reader
+	tc           *tls.Conn
+	born         time.Time     // when the handshake completed
+	writeTimeout time.Duration // a write that takes longer fails the connection
 
 	wmu     sync.Mutex    // guards pending and seq
 	pending []byte        // frames waiting for the writer
 	seq     uint64        // frames queued over the connection's life
 	wake    chan struct{} // capacity 1: there is something to write
-	done    chan struct{} // closed when the connection fails
+	done    chan struct{} // closed when the connection closes
 
-	born     time.Time    // when the handshake completed
 	lastRead atomic.Int64 // unix nanoseconds of the last answer read
+	load     atomic.Int32 // len(calls), for the pool to compare connections without mu
+	usable   atomic.Bool  // takes new queries: open and not draining
 
-	// Guarded by pool.mu.
-	calls    map[uint16]*call // in-flight queries by upstream ID; gaveUp for abandoned ones
-	gaveUp   int              // entries of calls that are gaveUp
+	mu       sync.Mutex       // guards the fields below; taken after the pool's
+	calls    map[uint16]*call // in flight by upstream ID; abandoned for IDs given up on
+	gaveUp   int              // entries of calls that are abandoned
 	nextID   uint16
-	order    order
-	closed   bool
-	lastUsed time.Time // when the last call completed
-	answered int       // answers received over the connection's life
+	state    connState
+	written  int       // queries entered over the connection's life
+	answered int       // answers received over the connection's life, bad ones included
 	peak     int       // most calls in flight at once
+	lastUsed time.Time // when the last call completed
+	order    order     // see pipelining.go
+	recent   uint32    // one bit per recent answer, newest lowest: 1 for a bad one
+	lost     int       // answers that went astray (see lostLocked), since draining
+	confused int       // answers that named the wrong query, over the connection's life
+	idleMax  time.Duration
+	asked    bool // the first query asked for the server's idle timeout (RFC 7828)
 }
+
+// connState is where a connection is in its life: open takes queries;
+// draining takes none and closes once its calls are done; closed is gone.
+type connState uint8
+
+const (
+	stateOpen connState = iota
+	stateDraining
+	stateClosed
+)
+
+// connOwner is what a connection tells its pool. Calls come from the
+// connection's goroutines and its callers, never under the connection's lock.
+type connOwner interface {
+	// released reports that a slot came free on c.
+	released()
+	// closed reports that c has closed for cause; every call in flight on it
+	// has been completed. stats is what it carried.
+	connClosed(c *conn, cause error, stats connStats)
+	// misrouted reports an answer that named the wrong query, or none;
+	// confused is how many the connection has had, answered its answers.
+	misrouted(confused, answered int)
+	// inOrder reports that c's answers show an upstream that works on one
+	// query at a time (see judgeOrderLocked).
+	inOrder()
+	// bad reports an answer dropped for reason.
+	bad(reason BadReason)
+}
+
+// connStats is what a connection had carried when it closed.
+type connStats struct {
+	answered int // answers read
+	written  int // queries entered
+	peak     int // most calls in flight at once
+	active   int // calls in flight, not given up, when it closed
+}
+
+// Thresholds of the fault account.
+const (
+	// badWindow answers are remembered per connection; more than badLimit
+	// bad ones among them condemn the connection: its upstream is then
+	// more wrong than right, and a fresh connection is worth trying.
+	badWindow = 32
+	badLimit  = badWindow / 2
+)
+
+// BadReason says why an answer was dropped.
+type BadReason string
+
+// The reasons an answer is dropped.
+const (
+	// BadMalformed: the answer does not unpack as a DNS message.
+	BadMalformed BadReason = "malformed"
+	// BadWrongID: the answer names a query that is not in flight, or
+	// another than the one it answers.
+	BadWrongID BadReason = "wrong_id"
+	// BadWrongQuestion: the answer carries the ID of a query in flight but
+	// answers a question that no query in flight asked.
+	BadWrongQuestion BadReason = "wrong_question"
+)
+
+// Errors of a connection, as its calls and the pool see them.
+var (
+	errConnLost    = errors.New("connection lost before the answer")
+	errBadAnswer   = errors.New("bad answer")
+	errStalled     = error(stallError{})
+	errAbandoned   = errors.New("too many queries unanswered on the connection")
+	errExpired     = errors.New("idle connection expired")
+	errDrained     = errors.New("connection retired")
+	errUntrustable = errors.New("most of the connection's answers were bad")
+)
+
+// stallError is errStalled. It is a timeout (net.Error), so that metrics and
+// logs file the queries it takes down under timeouts, where they belong.
+type stallError struct{}
+
+func (stallError) Error() string   { return "upstream stopped answering on the connection" }
+func (stallError) Timeout() bool   { return true }
+func (stallError) Temporary() bool { return false }
 
 // abandoned marks, in conn.calls, the ID of a query whose caller gave up: the
 // ID stays taken until its late answer arrives, so that answer can never be
 // taken for the answer to a later query that reuses the ID.
 var abandoned = new(call)
 
-// activeLocked is the number of calls in flight whose caller still waits.
-func (c *conn) activeLocked() int { return len(c.calls) - c.gaveUp }
-
 // call is one query in flight on a conn.
 //
 // Ownership rule: whoever takes a call out of conn.calls completes it, exactly
-// once, by sending on ch: the reader when the answer arrives, the connection's
-// closer when the connection dies. A caller that gives up takes its own call
-// out when it is still there (leaving abandoned in its place); when it is
-// gone, someone else holds it and its result is coming on ch, which the
-// caller must drain before reusing the call.
+// once, by sending on ch: the reader when its answer (or a bad one) arrives,
+// the connection's closer when the connection dies. A caller that gives up
+// takes its own call out when it is still there (leaving abandoned in its
+// place); when it is gone, someone else holds it and its result is coming on
+// ch, which the caller must drain before reusing the call.
 type call struct {
-	q    *Query        // the query, to check its answer
-	ch   chan result   // buffered, capacity 1
-	wbuf []byte        // the frame as sent, with this call's ID
-	sent int64         // unix nanoseconds when queued for writing
-	seq  atomic.Uint64 // its place in the order of writing on the connection
+	q         *Query        // the query, to check its answer
+	ch        chan result   // buffered, capacity 1
+	wbuf      []byte        // the frame as sent, with this call's ID
+	sent      int64         // unix nanoseconds when entered
+	seq       atomic.Uint64 // its place in the order of writing on the connection
+	keepalive bool          // the frame asks for edns-tcp-keepalive (RFC 7828)
+	bad       int           // bad answers this query has met, over every try
 }
 
 type result struct {
@@ -75,39 +171,116 @@ type result struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
-// readLoop reads answers until the connection fails, then hands the failure to
-// the pool, which completes every call still in flight. It unpacks and checks
-// each answer before handing it to its caller: a bad one fails the connection,
-// since the other answers on it cannot be trusted either. (Unpacking here, on
-// a goroutine whose stack has grown once and for all, also spares each
-// caller's fresh goroutine a stack copy.)
-func (c *conn) readLoop() {
-	defer c.pool.wg.Done()
-	br := bufio.NewReaderSize(c.tc, 16<<10)
-	for {
-		buf, err := ReadFrame(br)
-		if err != nil {
-			c.pool.connFailed(c, err)
-			return
-		}
-		now := time.Now().UnixNano()
-		c.lastRead.Store(now)
-		cl, serial := c.pool.complete(c, binary.BigEndian.Uint16(buf), now)
-		if serial && c.pool.cfg.Events.Serial != nil {
-			c.pool.cfg.Events.Serial(true)
-		}
-		if cl == nil {
-			// An answer to no call in flight is late (its caller gave up)
-			// or unsolicited; either way it is dropped.
-			continue
-		}
-		a, err := cl.q.answer(buf)
-		cl.ch <- result{msg: a, err: err}
-		if err != nil {
-			c.pool.connFailed(c, err)
-			return
+func newConn(owner connOwner, raw net.Conn, tc *tls.Conn, writeTimeout time.Duration) *conn {
+	now := time.Now()
+	c := &conn{owner: owner, raw: raw, tc: tc, born: now, writeTimeout: writeTimeout, lastUsed: now,
+		calls: make(map[uint16]*call), wake: make(chan struct{}, 1), done: make(chan struct{})}
+	c.usable.Store(true)
+	return c
+}
+
+// tryAdd enters cl in the call table under a fresh ID, unless the connection
+// holds maxInflight calls or has taken limit queries over its life (zero: no
+// limit), or does not take queries. It returns how many more queries the
+// connection may take over its life (-1: no limit). A connection idle past
+// the server's stated idle timeout takes no query: it drains, and the server
+// or the janitor closes it.
+func (c *conn) tryAdd(cl *call, maxInflight, limit int) (ok bool, left int) {
+	c.mu.Lock()
+	if c.state != stateOpen || len(c.calls) >= maxInflight || limit > 0 && c.written >= limit {
+		c.mu.Unlock()
+		return false, 0
+	}
+	now := time.Now()
+	if c.idleMax > 0 && len(c.calls) == 0 && now.Sub(c.lastUsed) >= c.idleMax {
+		c.drainLocked()
+		c.mu.Unlock()
+		return false, 0
+	}
+	id := c.allocIDLocked()
+	binary.BigEndian.PutUint16(cl.wbuf[2:], id)
+	cl.sent = now.UnixNano()
+	cl.keepalive = !c.asked && cl.askKeepalive()
+	c.asked = true
+	c.calls[id] = cl
+	c.written++
+	c.peak = max(c.peak, len(c.calls)-c.gaveUp)
+	c.load.Store(int32(len(c.calls)))
+	left = -1
+	if limit > 0 {
+		left = limit - c.written
+		if left == 0 {
+			c.drainLocked() // its last query: it closes once answered
 		}
 	}
+	c.mu.Unlock()
+	return true, left
+}
+
+// allocIDLocked picks an ID not used by a call in flight on c.
+func (c *conn) allocIDLocked() uint16 {
+	for {
+		c.nextID++
+		if _, busy := c.calls[c.nextID]; !busy {
+			return c.nextID
+		}
+	}
+}
+
+func (c *conn) activeLocked() int { return len(c.calls) - c.gaveUp }
+
+// removeLocked takes the entry for id out of the call table.
+func (c *conn) removeLocked(id uint16) {
+	if c.calls[id] == abandoned {
+		c.gaveUp--
+	}
+	delete(c.calls, id)
+	c.load.Store(int32(len(c.calls)))
+}
+
+// drainLocked stops c from taking queries; it closes once those in flight
+// are done (see settleLocked).
+func (c *conn) drainLocked() {
+	if c.state == stateOpen {
+		c.state = stateDraining
+		c.usable.Store(false)
+	}
+}
+
+// roundTrip writes cl, entered by tryAdd, and waits for its answer until ctx
+// ends. A caller that gives up leaves its ID taken (see abandoned); if the
+// connection has been silent for stallAfter since cl left, or more than
+// maxGaveUp of its queries have been given up on, it is replaced.
+func (c *conn) roundTrip(ctx context.Context, cl *call, stallAfter time.Duration, maxGaveUp int) (*dns.Msg, error) {
+	c.write(cl) // a failed write fails c, which completes cl
+	select {
+	case r := <-cl.ch:
+		return r.msg, r.err
+	case <-ctx.Done():
+	}
+	id := binary.BigEndian.Uint16(cl.wbuf[2:])
+	c.mu.Lock()
+	if c.calls[id] != cl { // completed meanwhile: the result is on its way
+		c.mu.Unlock()
+		r := <-cl.ch
+		return r.msg, r.err
+	}
+	c.calls[id] = abandoned
+	c.gaveUp++
+	cause := error(nil)
+	switch waited := time.Now().UnixNano() - cl.sent; {
+	case c.lastRead.Load() < cl.sent && waited >= int64(stallAfter):
+		// Nothing came back on c since this query left, for a long while:
+		// the upstream has stopped answering there. Replace the connection
+		// rather than wait for TCP to notice.
+		cause = errStalled
+	case c.gaveUp > maxGaveUp:
+		cause = errAbandoned
+	}
+	failed, done := c.settleLocked(nil)
+	c.mu.Unlock()
+	c.finish(failed, done, cause)
+	return nil, ctx.Err()
 }
 
 // write queues cl's frame for the writer.
@@ -124,10 +297,9 @@ func (c *conn) write(cl *call) {
 }
 
 // writeLoop writes what callers queue, all that has piled up in one Write,
-// until the connection fails. A write that fails or takes longer than the
-// pool's timeout fails the connection, which completes every call on it.
+// until the connection closes. A write that fails or takes longer than writeTimeout
+// fails the connection, which completes every call on it.
 func (c *conn) writeLoop() {
-	defer c.pool.wg.Done()
 	var buf []byte
 	for {
 		select {
@@ -141,20 +313,276 @@ func (c *conn) writeLoop() {
 		if len(buf) == 0 {
 			continue
 		}
-		c.tc.SetWriteDeadline(time.Now().Add(c.pool.cfg.Timeout))
+		c.tc.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 		if _, err := c.tc.Write(buf); err != nil {
-			c.pool.connFailed(c, err)
+			c.fail(err)
 			return
 		}
 	}
 }
 
-// allocIDLocked picks an ID not used by a call in flight on c.
-func (c *conn) allocIDLocked() uint16 {
+// readLoop reads answers until the connection fails or closes. Each answer is
+// unpacked here, on a goroutine whose stack has grown once and for all
+// (sparing each caller's fresh goroutine a stack copy), then routed. Only
+// what breaks the stream fails the connection: a read error or a frame too
+// short to be a message.
+func (c *conn) readLoop() {
+	br := bufio.NewReaderSize(c.tc, 16<<10)
 	for {
-		c.nextID++
-		if _, busy := c.calls[c.nextID]; !busy {
-			return c.nextID
+		buf, err := ReadFrame(br)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		now := time.Now().UnixNano()
+		c.lastRead.Store(now)
+		c.route(binary.BigEndian.Uint16(buf), unpackAnswer(buf), now)
+	}
+}
+
+// route hands a, the answer read with ID id (nil if it did not unpack), to the
+// query it answers. An answer goes to the query its ID names only if it
+// answers that query's question. When it does not, its question decides:
+//   - it answers another query in flight: its ID was wrong, and that query
+//     lost its answer; that query is sent again, while the one the ID named
+//     keeps waiting for its own;
+//   - it answers no query in flight: it is the garbled answer of the query
+//     its ID names, which is sent again.
+//
+// An answer that does not unpack is charged to the query its ID names. One
+// that can be charged to no query means some query's answer went astray: see
+// lostLocked.
+//
+// The caller of each failed query sends it again on a fresh ID, so a bad
+// answer costs one resend of the query it hit. Each is counted; when more
+// than badLimit of the last badWindow answers were bad, the connection is
+// closed: its upstream is then more wrong than right there.
+func (c *conn) route(id uint16, a *dns.Msg, now int64) {
+	var (
+		deliver *call
+		failed  []*call
+		reason  BadReason
+		serial  bool
+		cause   error
+	)
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.answered++
+	c.lastUsed = time.Unix(0, now)
+	confusedBefore := c.confused
+	cl := c.calls[id]
+	switch {
+	case cl == abandoned: // late: its caller gave up; whatever it holds is dropped
+		c.removeLocked(id)
+	case cl != nil && a != nil && cl.q.match(a):
+		deliver = cl
+		c.removeLocked(id)
+		serial = c.order.judge(cl, now)
+		if cl.keepalive {
+			c.keepaliveLocked(a)
+		}
+	case cl != nil && a == nil:
+		reason, failed = BadMalformed, append(failed, cl)
+		c.removeLocked(id)
+	case a != nil:
+		if xid, x := c.askedLocked(a); x != nil { // x's answer, under another ID
+			reason, failed = BadWrongID, append(failed, x)
+			c.removeLocked(xid)
+			c.confused++
+		} else if cl != nil {
+			reason, failed = BadWrongQuestion, append(failed, cl)
+			c.removeLocked(id)
+		} else {
+			reason, failed = BadWrongID, c.lostLocked(failed)
+		}
+	default:
+		reason, failed = BadMalformed, c.lostLocked(failed)
+	}
+	c.recent <<= 1
+	if reason != "" {
+		c.recent |= 1
+		if bits.OnesCount32(c.recent) > badLimit {
+			cause = errUntrustable
+		}
+	}
+	confused, answered := c.confused, c.answered
+	misrouted := confused > confusedBefore
+	failed, done := c.settleLocked(failed)
+	c.mu.Unlock()
+
+	if deliver != nil {
+		deliver.q.finish(a, deliver.keepalive)
+		deliver.ch <- result{msg: a}
+	}
+	if reason != "" {
+		c.owner.bad(reason)
+	}
+	if misrouted {
+		c.owner.misrouted(confused, answered)
+	}
+	if serial {
+		c.owner.inOrder()
+	}
+	c.finish(failed, done, cause)
+}
+
+// askedLocked returns the oldest call in flight whose question a answers, and
+// its ID; nil if none.
+func (c *conn) askedLocked(a *dns.Msg) (uint16, *call) {
+	var (
+		id  uint16
+		old *call
+	)
+	for i, x := range c.calls {
+		if x != abandoned && x.q.match(a) && (old == nil || x.sent < old.sent) {
+			id, old = i, x
+		}
+	}
+	return id, old
+}
+
+// lostLocked takes in an answer that no query in flight can be charged with:
+// some query's answer went astray, or it is noise, and which cannot be told.
+// With one query in flight, it is charged to that one, which it returns in
+// failed. Otherwise the connection drains: it takes no new queries, and once
+// no more queries are in flight than answers went astray, those left are the
+// ones whose answers will not come (settleLocked). It counts as a misrouted
+// answer.
+func (c *conn) lostLocked(failed []*call) []*call {
+	c.confused++
+	if c.activeLocked() == 1 {
+		for id, x := range c.calls {
+			if x != abandoned {
+				c.removeLocked(id)
+				return append(failed, x)
+			}
+		}
+	}
+	c.lost++
+	c.drainLocked()
+	return failed
+}
+
+// settleLocked appends to failed the calls of a draining connection whose
+// answers will not come: all those in flight, once they are no more than the
+// answers that went astray. It reports whether the connection is done: it
+// drains and has no query in flight left.
+func (c *conn) settleLocked(failed []*call) ([]*call, bool) {
+	if c.state != stateDraining {
+		return failed, false
+	}
+	if c.lost > 0 && c.activeLocked() <= c.lost {
+		for id, x := range c.calls {
+			if x != abandoned {
+				c.removeLocked(id)
+				failed = append(failed, x)
+			}
+		}
+	}
+	return failed, c.activeLocked() == 0
+}
+
+// finish completes failed with errBadAnswer, then closes c for cause, or
+// because it is done draining, or else tells the owner a slot came free.
+func (c *conn) finish(failed []*call, done bool, cause error) {
+	for _, x := range failed {
+		x.ch <- result{err: errBadAnswer}
+	}
+	switch {
+	case cause != nil:
+		c.fail(cause)
+	case done:
+		c.fail(errDrained)
+	default:
+		c.owner.released()
+	}
+}
+
+// fail closes c, if still open, completes every call in flight on it with an
+// error wrapping errConnLost and cause, and tells the owner.
+func (c *conn) fail(cause error) {
+	c.mu.Lock()
+	if c.state == stateClosed || cause == errExpired && c.activeLocked() > 0 { // taken since it was found idle
+		c.mu.Unlock()
+		return
+	}
+	st := connStats{answered: c.answered, written: c.written, peak: c.peak, active: c.activeLocked()}
+	c.state = stateClosed
+	c.usable.Store(false)
+	calls := c.calls
+	c.calls = nil
+	c.load.Store(0)
+	close(c.done)
+	c.mu.Unlock()
+
+	c.raw.Close() // unblocks the reader; skips close_notify, which could block
+	err := fmt.Errorf("%w: %w", errConnLost, cause)
+	for _, cl := range calls {
+		if cl != abandoned {
+			cl.ch <- result{err: err}
+		}
+	}
+	c.owner.connClosed(c, cause, st)
+}
+
+// idle reports whether c has had no query in flight for expire, or for the
+// idle timeout the server stated, whichever is shorter.
+func (c *conn) idle(now time.Time, expire time.Duration) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.idleMax > 0 {
+		expire = min(expire, c.idleMax)
+	}
+	return c.activeLocked() == 0 && now.Sub(c.lastUsed) >= expire
+}
+
+// answeredAny reports whether c has read an answer.
+func (c *conn) answeredAny() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.answered > 0
+}
+
+// optCodeKeepalive is edns-tcp-keepalive (RFC 7828).
+const optCodeKeepalive = 11
+
+// askKeepalive asks the server for its idle timeout (RFC 7828) in cl's frame,
+// turning the first four bytes of its padding into an empty
+// edns-tcp-keepalive option, so the frame keeps its length. It reports
+// whether the frame had padding enough.
+func (cl *call) askKeepalive() bool {
+	at := cl.q.padAt
+	if at == 0 {
+		return false
+	}
+	l := int(binary.BigEndian.Uint16(cl.wbuf[at+2:]))
+	if l < 4 {
+		return false
+	}
+	copy(cl.wbuf[at:], []byte{0, optCodeKeepalive, 0, 0, 0, optCodePadding, byte((l - 4) >> 8), byte(l - 4)})
+	return true
+}
+
+// keepaliveLocked takes in the idle timeout the server states in a, the
+// answer to the query that asked for it: the connection retires idle after
+// three quarters of it, before the server closes it under a query, or drains
+// at once when the server asks the client to close (a timeout of zero).
+func (c *conn) keepaliveLocked(a *dns.Msg) {
+	opt := a.IsEdns0()
+	if opt == nil {
+		return
+	}
+	for _, o := range opt.Option {
+		if k, ok := o.(*dns.EDNS0_TCP_KEEPALIVE); ok {
+			if k.Timeout == 0 {
+				c.drainLocked()
+				return
+			}
+			c.idleMax = time.Duration(k.Timeout) * 100 * time.Millisecond * 3 / 4
+			return
 		}
 	}
 }

@@ -8,16 +8,20 @@ import (
 )
 
 // Some upstreams do not handle pipelined queries (RFC 7766 section 6.2.1.1),
-// in one of two ways, and the pool notices both:
+// in one of three ways, and the pool notices each:
 //   - it closes the connection as soon as a second query arrives: judged as
 //     connections die, by judgeCloseLocked;
 //   - it reads one query, works on it, answers, and only then reads the next:
 //     answers come strictly in the order of the queries, with long gaps, and a
 //     query that waits behind others takes far longer than the connection's
-//     fastest answer. Judged as answers arrive, by judgeOrderLocked.
+//     fastest answer. Judged as answers arrive, by order.judge;
+//   - it sends answers under the wrong IDs, or answers that name no query:
+//     judged by misrouted.
 //
-// Such an upstream is sent one query per connection, over up to
-// serialMaxConns connections, for serialFor; then pipelining is tried again.
+// Such an upstream is sent one query per connection, over up to MaxConns
+// connections (serialMaxConns when MaxConns is not set), for serialFor; then
+// pipelining is tried again. With one query per connection, every answer can
+// be told for what query it is.
 const (
 	serialStrikes  = 2
 	serialMaxConns = 32
@@ -31,10 +35,23 @@ const (
 	// to it.
 	orderWindow = 32
 	longGap     = 5 * time.Millisecond
+
+	// confusedStrikes misrouted answers on one connection, at least one in
+	// confusedRate of its answers, make an upstream that mixes up
+	// pipelined queries.
+	confusedStrikes = 3
+	confusedRate    = 1000
+)
+
+// Why the pool sends one query per connection.
+const (
+	WhyCloses    = "it closes connections that carry several queries"
+	WhyInOrder   = "it works on one query at a time"
+	WhyMisroutes = "it sends answers under the wrong IDs"
 )
 
 // order follows the answers on one connection for signs of an upstream that
-// works on one query at a time. It is guarded by the pool's mutex.
+// works on one query at a time. It is guarded by its connection's mutex.
 type order struct {
 	lastSeq  uint64 // sequence number of the query answered last
 	lastAt   int64  // when that answer arrived, unix nanoseconds
@@ -45,26 +62,9 @@ type order struct {
 	lats     int64  // sum over the window of the time to the answer
 }
 
-func (p *Pool) serialLocked() bool { return time.Now().Before(p.serialUntil) }
-
-func (p *Pool) maxInflightLocked() int {
-	if p.serialLocked() {
-		return 1
-	}
-	return p.cfg.MaxInflight
-}
-
-func (p *Pool) maxConnsLocked() int {
-	if p.serialLocked() {
-		return max(p.cfg.MaxConns, serialMaxConns)
-	}
-	return p.cfg.MaxConns
-}
-
-// judgeOrderLocked takes in the answer to cl, which arrived on c at now, and
-// reports whether the pool has just switched to one query per connection.
-func (p *Pool) judgeOrderLocked(c *conn, cl *call, now int64) bool {
-	o := &c.order
+// judge takes in the answer to cl, which arrived at now, and reports whether
+// the window it completes shows an upstream that works on one query at a time.
+func (o *order) judge(cl *call, now int64) bool {
 	lat := now - cl.sent
 	if o.fastest == 0 || lat < o.fastest {
 		o.fastest = lat
@@ -89,35 +89,112 @@ func (p *Pool) judgeOrderLocked(c *conn, cl *call, now int64) bool {
 		o.gaps >= orderWindow*int64(longGap) &&
 		2*o.lats >= 3*orderWindow*o.fastest
 	o.n, o.overtook, o.gaps, o.lats = 0, false, 0, 0
-	if !oneAtATime || p.serialLocked() {
-		return false
-	}
-	p.serialUntil = time.Now().Add(serialFor)
-	return true
+	return oneAtATime
 }
 
-// judgeCloseLocked looks at how c died for signs of an upstream that does not
-// handle pipelined queries: it closed the connection after answering at most
-// one query while others were in flight. Two such connections in a row switch
-// the pool to one query per connection for serialFor; a connection that
-// answered several queries clears the count. It reports a change.
-func (p *Pool) judgeCloseLocked(c *conn, cause error) (changed, on bool) {
-	wasSerial := p.serialLocked()
-	if !wasSerial && !p.serialUntil.IsZero() { // the serial period is over
-		p.serialUntil, p.strikes = time.Time{}, 0
+// serial reports whether the pool sends one query per connection.
+func (p *Pool) serial() bool {
+	u := p.serialUntil.Load()
+	return u != 0 && time.Now().UnixNano() < u
+}
+
+func (p *Pool) maxInflight() int {
+	if p.serial() {
+		return 1
+	}
+	return p.cfg.MaxInflight
+}
+
+// maxConns is the most connections the pool may hold: MaxConns when set,
+// else DefaultMaxConns, or serialMaxConns while it sends one query per
+// connection.
+func (p *Pool) maxConns() int {
+	switch {
+	case p.cfg.MaxConns > 0:
+		return p.cfg.MaxConns
+	case p.serial():
+		return serialMaxConns
+	}
+	return DefaultMaxConns
+}
+
+// goSerial sends one query per connection for serialFor from now, and reports
+// why, unless the pool does so already.
+func (p *Pool) goSerial(why string) {
+	p.mu.Lock()
+	if p.serial() || p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.serialUntil.Store(time.Now().Add(serialFor).UnixNano())
+	p.mu.Unlock()
+	if p.cfg.Events.Serial != nil {
+		p.cfg.Events.Serial(true, why)
+	}
+}
+
+// inOrder implements connOwner.
+func (p *Pool) inOrder() { p.goSerial(WhyInOrder) }
+
+// misrouted implements connOwner.
+func (p *Pool) misrouted(confused, answered int) {
+	if confused >= confusedStrikes && confused*confusedRate >= answered {
+		p.goSerial(WhyMisroutes)
+	}
+}
+
+// judgeCloseLocked looks at how a connection died, given what it carried, for
+// signs of an upstream that does not handle pipelined queries: it closed the
+// connection after answering at most one query while others were in flight.
+// Two such connections in a row switch the pool to one query per connection
+// for serialFor; a connection that answered several queries clears the
+// count. It reports a change, and whether the pool is now serial.
+func (p *Pool) judgeCloseLocked(st connStats, cause error) (changed, on bool) {
+	wasSerial := p.serial()
+	if !wasSerial && p.serialUntil.Load() != 0 { // the serial period is over
+		p.serialUntil.Store(0)
+		p.strikes = 0
 		changed = true
 	}
 	switch {
-	case c.answered >= 2, c.answered > 0 && c.activeLocked() == 0:
+	case st.answered >= 2, st.answered > 0 && st.active == 0:
 		p.strikes = 0
-	case c.activeLocked() > 0 && c.peak >= 2 && peerClosed(cause):
+	case st.active > 0 && st.peak >= 2 && peerClosed(cause):
 		p.strikes++
 		if p.strikes >= serialStrikes && !wasSerial {
-			p.serialUntil = time.Now().Add(serialFor)
+			p.serialUntil.Store(time.Now().Add(serialFor).UnixNano())
 			return true, true
 		}
 	}
 	return changed, false
+}
+
+// limitSamples connections in a row that the upstream closed with queries in
+// flight after answering within a quarter of the same number of queries, K
+// at most, make an upstream with a limit of K queries per connection (as
+// miekg/dns servers, with 128 by default; dnsdist, PowerDNS Recursor). The
+// pool then writes at most K queries on a connection and lets it drain, so
+// that no query is written to a connection that will not answer it.
+const limitSamples = 3
+
+// learnLimitLocked takes in a connection that closed for cause, given what it
+// carried, and returns the per-connection query limit it has just learned,
+// or zero. A limit once learned only ever comes down.
+func (p *Pool) learnLimitLocked(st connStats, cause error) int {
+	if !peerClosed(cause) || st.active == 0 || st.answered < 2 {
+		return 0
+	}
+	copy(p.closedAt[1:], p.closedAt[:limitSamples-1])
+	p.closedAt[0] = st.answered
+	lo, hi := p.closedAt[0], p.closedAt[0]
+	for _, n := range p.closedAt[1:] {
+		lo, hi = min(lo, n), max(hi, n)
+	}
+	if cur := int(p.limit.Load()); lo == 0 || 4*lo < 3*hi || cur > 0 && hi >= cur {
+		return 0
+	}
+	p.limit.Store(int32(hi))
+	return hi
 }
 
 // peerClosed reports whether err says the upstream closed or reset the

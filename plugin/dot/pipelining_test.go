@@ -1,9 +1,11 @@
 package dot
 
 import (
+	"crypto/tls"
 	"fmt"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,7 +37,7 @@ func burst(t *testing.T, p *Pool, n int) (failed int) {
 // returned channel.
 func serialEvents() (func(*Config), chan bool) {
 	ch := make(chan bool, 10)
-	return func(c *Config) { c.Events.Serial = func(on bool) { ch <- on } }, ch
+	return func(c *Config) { c.Events.Serial = func(on bool, _ string) { ch <- on } }, ch
 }
 
 // wantSerialOnce fails t unless exactly one Serial(true) event came.
@@ -87,21 +89,33 @@ func TestFallBackToOneQueryPerConn(t *testing.T) {
 		return true
 	}})
 	events, serial := serialEvents()
+	var open, most atomic.Int32 // connections open, and the most at once
 	p := newPool(t, srv, func(c *Config) {
 		c.MaxConns = 2
 		events(c)
+		c.Events.Dialed = func(err error, _ *tls.ConnectionState) {
+			if err == nil {
+				n := open.Add(1)
+				for m := most.Load(); n > m && !most.CompareAndSwap(m, n); m = most.Load() {
+				}
+			}
+		}
+		c.Events.Closed = func(error, int) { open.Add(-1) }
 	})
 	burst(t, p, 20) // pipelined queries die with their connections; the pool notices
 	if failed := burst(t, p, 40); failed != 0 {
 		t.Errorf("%d of 40 queries failed after the fall-back", failed)
 	}
 	wantSerialOnce(t, serial)
+	if n := most.Load(); n > 2 {
+		t.Errorf("%d connections open at once, past max_conns 2", n)
+	}
 }
 
 func TestUpstreamWithQueryLimitStaysPipelined(t *testing.T) {
 	srv := dottest.New(t, dottest.Options{CloseAfter: 10}) // a per-connection query limit
 	p := newPool(t, srv, func(c *Config) {
-		c.Events.Serial = func(bool) { t.Error("an upstream with a query limit was taken for one that cannot pipeline") }
+		c.Events.Serial = func(bool, string) { t.Error("an upstream with a query limit was taken for one that cannot pipeline") }
 	})
 	var wg sync.WaitGroup
 	for w := range 4 { // connections die with queries in flight, after 10 answers
@@ -143,10 +157,7 @@ func TestFallBackForInOrderUpstreamWithLongGaps(t *testing.T) {
 		t.Errorf("%d queries failed", failed)
 	}
 	wantSerialOnce(t, serial)
-	p.mu.Lock()
-	inflight := p.maxInflightLocked()
-	p.mu.Unlock()
-	if inflight != 1 {
+	if inflight := p.maxInflight(); inflight != 1 {
 		t.Errorf("%d queries per connection after the fall-back, want 1", inflight)
 	}
 	if failed := burst(t, p, 16); failed != 0 {
@@ -209,4 +220,91 @@ func TestPacedQueriesToSlowUpstreamStayPipelined(t *testing.T) {
 	}
 	wg.Wait()
 	wantNoSerial(t, serial)
+}
+
+func TestLearnsQueryLimit(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{CloseAfter: 10})
+	limits := make(chan int, 4)
+	var ev faultEvents
+	p := newPool(t, srv, func(c *Config) {
+		ev.config(c)
+		c.Events.Limit = func(n int) { limits <- n }
+	})
+	stream := func(n int) (failed int) {
+		var wg sync.WaitGroup
+		var f atomic.Int32
+		for w := range 20 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := range n / 20 {
+					if _, err := exchange(t, p, fmt.Sprintf("q%d-%d.example.org", w, i), 10*time.Second); err != nil {
+						f.Add(1)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		return int(f.Load())
+	}
+	if failed := stream(400); failed != 0 {
+		t.Errorf("%d of 400 queries failed while the limit was learned", failed)
+	}
+	select {
+	case n := <-limits:
+		if n != 10 {
+			t.Errorf("learned a limit of %d queries per connection, want 10", n)
+		}
+	default:
+		t.Fatal("no limit learned from connections closed after 10 answers")
+	}
+	if s := p.Stats(); s.QueryLimit != 10 {
+		t.Errorf("Stats().QueryLimit = %d, want 10", s.QueryLimit)
+	}
+	before, queries := ev.resent.Load(), srv.Queries()
+	if failed := stream(400); failed != 0 {
+		t.Errorf("%d of 400 queries failed after the limit was learned", failed)
+	}
+	if n := ev.resent.Load() - before; n != 0 {
+		t.Errorf("%d queries sent again once the limit was known: written to connections that would not answer them", n)
+	}
+	if n := srv.Queries() - queries; n != 400 {
+		t.Errorf("the upstream received %d queries for 400", n)
+	}
+	if len(limits) != 0 {
+		t.Errorf("the limit was reported %d more times", len(limits))
+	}
+}
+
+func TestMisroutingUpstreamGetsOneQueryPerConn(t *testing.T) {
+	var n atomic.Int64
+	srv := dottest.New(t, dottest.Options{Wire: func(q *dns.Msg) []byte {
+		a := dottest.Answer(q)
+		if n.Add(1)%4 == 0 {
+			a.Id++ // another query's, if it is in flight
+		}
+		return pack(a)
+	}})
+	whys := make(chan string, 4)
+	p := newPool(t, srv, func(c *Config) {
+		c.Events.Serial = func(on bool, why string) {
+			if on {
+				whys <- why
+			}
+		}
+	})
+	if failed := burst(t, p, 200); failed > 10 {
+		t.Errorf("%d of 200 queries failed", failed)
+	}
+	select {
+	case why := <-whys:
+		if why != WhyMisroutes {
+			t.Errorf("one query per connection because %s, want %s", why, WhyMisroutes)
+		}
+	default:
+		t.Fatal("the pool kept pipelining to an upstream that answers under the wrong IDs")
+	}
+	if n := p.maxInflight(); n != 1 {
+		t.Errorf("%d queries per connection, want 1", n)
+	}
 }

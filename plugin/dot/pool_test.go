@@ -333,8 +333,8 @@ func TestBadAnswersNeverReturned(t *testing.T) {
 			if err == nil {
 				t.Fatalf("got answer %v, want an error", a)
 			}
-			if n := srv.Queries(); n > 1+maxResends {
-				t.Errorf("%d sends of one query, want at most %d", n, 1+maxResends)
+			if n := srv.Queries(); n > 1+maxBadAnswers {
+				t.Errorf("%d sends of one query, want at most %d", n, 1+maxBadAnswers)
 			}
 		})
 	}
@@ -520,11 +520,11 @@ func TestLateAnswerNeverAnswersAReusedID(t *testing.T) {
 		t.Fatal("held query answered")
 	}
 	<-arrived
-	p.mu.Lock()
-	for _, c := range p.conns {
+	for _, c := range *p.conns.Load() {
+		c.mu.Lock()
 		c.nextID-- // the next query would reuse the abandoned query's ID
+		c.mu.Unlock()
 	}
-	p.mu.Unlock()
 	fresh := make(chan *dns.Msg, 1)
 	go func() {
 		a, err := exchange(t, p, "www.example.org", 10*time.Second)
@@ -574,7 +574,7 @@ func TestAuthFailuresBackOffLonger(t *testing.T) {
 
 func TestStallIsATimeout(t *testing.T) {
 	var ne net.Error
-	err := fmt.Errorf("%w: %w", errConnLost, errStalled) // as connFailed hands it out
+	err := fmt.Errorf("%w: %w", errConnLost, errStalled) // as conn.fail hands it out
 	if !errors.As(err, &ne) || !ne.Timeout() {
 		t.Errorf("%v is not a timeout", err)
 	}

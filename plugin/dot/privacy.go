@@ -28,60 +28,93 @@ const (
 	optUDPSize     = 1232 // the OPT we add: a payload size that never fragments
 )
 
-var errNoEdit = errors.New("query left as packed")
+var (
+	errNoEdit  = errors.New("query left as packed")
+	errTooLong = errors.New("query too long to pad")
+)
 
 // protect edits msg, a packed query, as p says, in place within buf's
-// capacity or in a new buffer, and returns the edited message and whether it
-// added an OPT record. A message it cannot edit safely (an OPT record that is
-// not last, as with TSIG, or a malformed one) is returned as is with
-// errNoEdit.
-func protect(msg []byte, p Privacy) (out []byte, addedOPT bool, err error) {
+// capacity or in a new buffer, and returns the edited message, whether it
+// added an OPT record, and where in it the padding option starts (zero when
+// not padded: it is the last bytes). A message it cannot edit safely (an OPT
+// record that is not last, as with TSIG, or a malformed one), or whose edited
+// form would be longer than maxLen, is returned as is, unchanged, with an
+// error.
+func protect(msg []byte, p Privacy, maxLen int) (out []byte, addedOPT bool, padAt int, err error) {
 	if p.PadBlock <= 0 && !p.StripSubnet {
-		return msg, false, nil
+		return msg, false, 0, nil
 	}
 	opt, optEnd, err := findOPT(msg)
 	if err != nil {
-		return msg, false, err
+		return msg, false, 0, err
 	}
-	if opt < 0 { // no EDNS(0)
-		if p.PadBlock <= 0 {
-			return msg, false, nil
+	if opt < 0 && p.PadBlock <= 0 { // no EDNS(0), nothing to strip
+		return msg, false, 0, nil
+	}
+	if opt >= 0 && optEnd != len(msg) {
+		return msg, false, 0, errNoEdit // TSIG or SIG(0) must stay last
+	}
+	// Measure first: check every option's length, and the edited length,
+	// before the first change, so that a message left as is is left
+	// exactly as it was.
+	n := len(msg)
+	if opt < 0 {
+		n += 1 + rrFixedLen
+	} else {
+		r := opt + 1 + rrFixedLen
+		for r+4 <= optEnd {
+			code := binary.BigEndian.Uint16(msg[r:])
+			l := 4 + int(binary.BigEndian.Uint16(msg[r+2:]))
+			if r+l > optEnd {
+				return msg, false, 0, errNoEdit
+			}
+			if dropped(code, p) {
+				n -= l
+			}
+			r += l
 		}
+		n -= optEnd - r // bytes too few for an option are dropped
+	}
+	pad := 0
+	if p.PadBlock > 0 {
+		pad = (p.PadBlock - (n+4)%p.PadBlock) % p.PadBlock
+		n += 4 + pad
+	}
+	if n > maxLen {
+		return msg, false, 0, errTooLong
+	}
+
+	if opt < 0 {
 		msg = append(msg, 0, 0, typeOPT, byte(optUDPSize>>8), byte(optUDPSize&0xff), 0, 0, 0, 0, 0, 0)
 		binary.BigEndian.PutUint16(msg[10:], binary.BigEndian.Uint16(msg[10:])+1) // ARCOUNT
 		opt, optEnd, addedOPT = len(msg)-rrFixedLen-1, len(msg), true
-	} else if optEnd != len(msg) {
-		return msg, false, errNoEdit // TSIG or SIG(0) must stay last
-	}
-	// Check every option's length before the first change, so that a
-	// malformed OPT record is left as it was.
-	rdata := opt + 1 + rrFixedLen
-	for r := rdata; r+4 <= optEnd; {
-		r += 4 + int(binary.BigEndian.Uint16(msg[r+2:]))
-		if r > optEnd {
-			return msg, false, errNoEdit
-		}
 	}
 	// Keep every option but padding and, if asked, the client subnet.
+	rdata := opt + 1 + rrFixedLen
 	w := rdata
 	for r := rdata; r+4 <= optEnd; {
-		code := binary.BigEndian.Uint16(msg[r:])
-		n := 4 + int(binary.BigEndian.Uint16(msg[r+2:]))
-		if code != optCodePadding && !(p.StripSubnet && code == optCodeSubnet) {
-			w += copy(msg[w:], msg[r:r+n])
+		l := 4 + int(binary.BigEndian.Uint16(msg[r+2:]))
+		if !dropped(binary.BigEndian.Uint16(msg[r:]), p) {
+			w += copy(msg[w:], msg[r:r+l])
 		}
-		r += n
+		r += l
 	}
 	msg = msg[:w]
 	if p.PadBlock > 0 {
-		pad := (p.PadBlock - (len(msg)+4)%p.PadBlock) % p.PadBlock
+		padAt = len(msg)
 		msg = append(msg, 0, optCodePadding, byte(pad>>8), byte(pad))
 		for range pad {
 			msg = append(msg, 0)
 		}
 	}
 	binary.BigEndian.PutUint16(msg[rdata-2:], uint16(len(msg)-rdata)) // RDLENGTH
-	return msg, addedOPT, nil
+	return msg, addedOPT, padAt, nil
+}
+
+// dropped reports whether protect takes out the option code: padding, which
+// it pads anew, and the client subnet when asked.
+func dropped(code uint16, p Privacy) bool {
+	return code == optCodePadding || p.StripSubnet && code == optCodeSubnet
 }
 
 // findOPT returns where msg's OPT record starts and ends, or -1 if it has

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -60,7 +61,7 @@ func TestProtect(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			in := packed(t, tc.in)
-			out, added, err := protect(bytes.Clone(in), tc.p)
+			out, added, _, err := protect(bytes.Clone(in), tc.p, maxQueryLen)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -96,13 +97,13 @@ func TestProtect(t *testing.T) {
 
 	t.Run("TSIG last: left as packed", func(t *testing.T) {
 		in := packed(t, tsig)
-		if out, _, err := protect(bytes.Clone(in), Privacy{PadBlock: 128}); err == nil || !bytes.Equal(out, in) {
+		if out, _, _, err := protect(bytes.Clone(in), Privacy{PadBlock: 128}, maxQueryLen); err == nil || !bytes.Equal(out, in) {
 			t.Errorf("err %v; want the query left as it was", err)
 		}
 	})
 	t.Run("nothing asked: left as packed", func(t *testing.T) {
 		in := packed(t, plain)
-		if out, added, err := protect(bytes.Clone(in), Privacy{}); err != nil || added || !bytes.Equal(out, in) {
+		if out, added, _, err := protect(bytes.Clone(in), Privacy{}, maxQueryLen); err != nil || added || !bytes.Equal(out, in) {
 			t.Errorf("changed: %v, %v", added, err)
 		}
 	})
@@ -169,7 +170,11 @@ func FuzzProtect(f *testing.F) {
 		p := Privacy{PadBlock: int(block), StripSubnet: strip}
 		in := new(dns.Msg)
 		valid := in.Unpack(msg) == nil
-		out, added, err := protect(bytes.Clone(msg), p)
+		maxLen := maxQueryLen
+		if len(msg) > 0 {
+			maxLen = len(msg) + int(msg[0])%300 // at times too short for the edit
+		}
+		out, added, padAt, err := protect(bytes.Clone(msg), p, maxLen)
 		if err != nil {
 			if !bytes.Equal(out, msg) {
 				t.Fatal("a query protect could not edit was changed")
@@ -182,8 +187,15 @@ func FuzzProtect(f *testing.F) {
 			}
 			return
 		}
+		if len(out) > maxLen {
+			t.Fatalf("%d bytes, past the %d allowed", len(out), maxLen)
+		}
 		if p.PadBlock > 0 && len(out)%p.PadBlock != 0 {
 			t.Fatalf("%d bytes, not a multiple of %d", len(out), p.PadBlock)
+		}
+		if p.PadBlock > 0 && (padAt < headerLen || padAt+4 > len(out) || out[padAt] != 0 || out[padAt+1] != optCodePadding ||
+			padAt+4+int(out[padAt+2])<<8+int(out[padAt+3]) != len(out)) {
+			t.Fatalf("padAt %d does not start the padding option, the last bytes of %d", padAt, len(out))
 		}
 		if !valid {
 			return
@@ -269,4 +281,32 @@ func withoutOPT(rrs []dns.RR) []dns.RR {
 
 func sameRRs(a, b []dns.RR) bool {
 	return slices.EqualFunc(a, b, func(x, y dns.RR) bool { return x.String() == y.String() })
+}
+
+// TestQueryTooLongToPadIsSentAsPacked: a query that padding would take past
+// 65,535 bytes is sent as the client packed it, untouched by a half-done
+// edit.
+func TestQueryTooLongToPadIsSentAsPacked(t *testing.T) {
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.org.", dns.TypeTXT)
+	for m.Len() < maxQueryLen-300 {
+		m.Extra = append(m.Extra, &dns.TXT{Hdr: dns.RR_Header{Name: "big.example.org.", Rrtype: dns.TypeTXT, Class: dns.ClassINET},
+			Txt: []string{strings.Repeat("x", 250)}})
+	}
+	for m.Len() < maxQueryLen-20 { // short of the limit by less than the OPT record padding needs
+		m.Extra = append(m.Extra, &dns.A{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeA, Class: dns.ClassINET}, A: net.IPv4(192, 0, 2, 1)})
+	}
+	want := packed(t, m)
+	q, err := NewQuery(m, Privacy{PadBlock: DefaultPadBlock, StripSubnet: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Release()
+	if got := q.frame[2:]; !bytes.Equal(got, want) {
+		o := new(dns.Msg)
+		t.Fatalf("a %d-byte query went out as %d bytes that are not the client's (unpack: %v)", len(want), len(got), o.Unpack(got))
+	}
+	if q.addedOPT || q.padAt != 0 {
+		t.Errorf("addedOPT %v, padAt %d for a query left as packed", q.addedOPT, q.padAt)
+	}
 }

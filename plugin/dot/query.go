@@ -3,7 +3,6 @@ package dot
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"strings"
 	"sync"
 
@@ -23,7 +22,7 @@ type Query struct {
 	bp    *[]byte // frame's pooled buffer; nil when frame was allocated
 
 	addedOPT bool // the frame has an OPT record that msg has not
-	padded   bool // the frame has an EDNS(0) Padding option
+	padAt    int  // where in frame the EDNS(0) Padding option starts, the last bytes; 0 if none
 }
 
 var (
@@ -57,20 +56,20 @@ func NewQuery(m *dns.Msg, p Privacy) (*Query, error) {
 		framePool.Put(bp)
 		q.frame, q.bp = append(make([]byte, 2, 2+len(packed)+p.PadBlock+15), packed...), nil
 	}
-	if out, added, err := protect(q.frame[2:], p); err == nil && len(out) <= maxQueryLen {
+	if out, added, padAt, err := protect(q.frame[2:], p, maxQueryLen); err == nil {
 		if &out[0] != &q.frame[2] { // grew past the buffer
 			q.frame = append(q.frame[:2], out...)
 		} else {
 			q.frame = q.frame[:2+len(out)]
 		}
-		q.addedOPT, q.padded = added, p.PadBlock > 0
+		q.addedOPT = added
+		if padAt > 0 {
+			q.padAt = 2 + padAt
+		}
 	}
 	binary.BigEndian.PutUint16(q.frame, uint16(len(q.frame)-2))
 	return q, nil
 }
-
-// Msg returns the query's message.
-func (q *Query) Msg() *dns.Msg { return q.msg }
 
 // Release returns the query and its buffer for reuse. The Query must not be
 // used after.
@@ -82,28 +81,30 @@ func (q *Query) Release() {
 	queryPool.Put(q)
 }
 
-// answer unpacks buf, an answer to q, and returns it with q's ID. An answer
-// that does not unpack or does not answer q's question is an error wrapping
-// errBadAnswer.
-func (q *Query) answer(buf []byte) (*dns.Msg, error) {
+// unpackAnswer returns the message in buf, or nil if it does not unpack.
+func unpackAnswer(buf []byte) *dns.Msg {
 	a := new(dns.Msg)
-	if err := a.Unpack(buf); err != nil {
-		return nil, fmt.Errorf("%w: %w", errBadAnswer, err)
+	if a.Unpack(buf) != nil {
+		return nil
 	}
-	if !q.match(a) {
-		return nil, fmt.Errorf("%w: it does not match the question", errBadAnswer)
-	}
+	return a
+}
+
+// finish makes a, an answer to q's question (see match), the client's: it
+// gets q's ID, and loses what the pool put into the query and the client did
+// not ask for (see unprotect).
+func (q *Query) finish(a *dns.Msg, keepalive bool) {
 	a.Id = q.msg.Id
-	q.unprotect(a)
-	return a, nil
+	q.unprotect(a, keepalive)
 }
 
 // unprotect takes out of a what protect put into the query and a client did
-// not ask for: the OPT record added for padding, and padding. It looks at
-// every OPT record: an answer should hold at most one (RFC 6891 section
-// 6.1.1), but one that holds two must not slip either through.
-func (q *Query) unprotect(a *dns.Msg) {
-	if !q.padded {
+// not ask for: the OPT record added for padding, padding, and, when the
+// query asked for it, the server's edns-tcp-keepalive. It looks at every OPT
+// record: an answer should hold at most one (RFC 6891 section 6.1.1), but one
+// that holds two must not slip either through.
+func (q *Query) unprotect(a *dns.Msg, keepalive bool) {
+	if q.padAt == 0 && !keepalive {
 		return
 	}
 	extra := a.Extra[:0]
@@ -116,7 +117,7 @@ func (q *Query) unprotect(a *dns.Msg) {
 		default:
 			opts := opt.Option[:0]
 			for _, o := range opt.Option {
-				if o.Option() != dns.EDNS0PADDING {
+				if c := o.Option(); c != dns.EDNS0PADDING && !(keepalive && c == dns.EDNS0TCPKEEPALIVE) {
 					opts = append(opts, o)
 				}
 			}

@@ -311,8 +311,8 @@ func route(t *testing.T, cfgs routingTLS, script []byte, late int, hold bool, ba
 		}
 	}
 
-	p.mu.Lock()
-	for _, c := range p.conns {
+	for _, c := range *p.conns.Load() {
+		c.mu.Lock()
 		for id, cl := range c.calls {
 			if cl != abandoned {
 				t.Errorf("conn %p: ID %d still holds a call whose Exchange has returned", c, id)
@@ -321,8 +321,8 @@ func route(t *testing.T, cfgs routingTLS, script []byte, late int, hold bool, ba
 		if c.gaveUp != len(c.calls) {
 			t.Errorf("conn %p: gaveUp %d, %d calls", c, c.gaveUp, len(c.calls))
 		}
+		c.mu.Unlock()
 	}
-	p.mu.Unlock()
 
 	closed = true
 	p.Close()
