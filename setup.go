@@ -261,7 +261,7 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		}
 		o.maxConns = n
 	case "max_inflight":
-		n, err := parseInt(c, 1, 65535)
+		n, err := parseInt(c, 1, dot.MaxInflight) // half the IDs: the other half for IDs given up on
 		if err != nil {
 			return err
 		}

@@ -341,9 +341,10 @@ func parseTests(tb testing.TB) []parseTest {
 
 		// max_inflight
 		{name: "max_inflight", input: block("max_inflight 1"), upstreams: one, maxInflight: 1},
-		{name: "max_inflight most", input: block("max_inflight 65535"), upstreams: one, maxInflight: 65535},
-		{name: "max_inflight 0", input: block("max_inflight 0"), wantErr: `max_inflight: "0" is not an integer from 1 to 65535`, line: 2},
-		{name: "max_inflight 70000", input: block("max_inflight 70000"), wantErr: `max_inflight: "70000" is not an integer from 1 to 65535`, line: 2},
+		{name: "max_inflight most", input: block("max_inflight 32768"), upstreams: one, maxInflight: 32768},
+		{name: "max_inflight 0", input: block("max_inflight 0"), wantErr: `max_inflight: "0" is not an integer from 1 to 32768`, line: 2},
+		{name: "max_inflight 32769", input: block("max_inflight 32769"), wantErr: `max_inflight: "32769" is not an integer from 1 to 32768`, line: 2},
+		{name: "max_inflight 65535", input: block("max_inflight 65535"), wantErr: `max_inflight: "65535" is not an integer from 1 to 32768`, line: 2},
 
 		{name: "unknown option", input: block("policy random", "health 1s"), wantErr: `unknown option "health"`, line: 3},
 
