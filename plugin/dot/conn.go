@@ -7,7 +7,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -50,16 +49,16 @@ type conn struct {
 	gaveUp   int              // entries of calls that are abandoned
 	nextID   uint16
 	state    connState
-	written  int       // queries entered over the connection's life
-	answered int       // answers received over the connection's life, bad ones included
-	peak     int       // most calls in flight at once
-	lastUsed time.Time // when the last call completed
-	order    order     // see pipelining.go
-	recent   uint32    // one bit per recent answer, newest lowest: 1 for a bad one
-	lost     int       // answers that went astray (see lostLocked), since draining
-	confused int       // answers that named the wrong query, over the connection's life
-	idleMax  time.Duration
-	asked    bool // the first query asked for the server's idle timeout (RFC 7828)
+	written  int           // queries entered over the connection's life
+	answered int           // answers received over the connection's life, bad ones included
+	peak     int           // most calls in flight at once
+	lastUsed time.Time     // when the last call completed
+	order    order         // see pipelining.go
+	recent   uint32        // one bit per recent answer, newest lowest: 1 for a bad one
+	lost     int           // answers that went astray (see lostLocked), since draining
+	confused int           // answers that named the wrong query, over the connection's life
+	idleMax  time.Duration // retire when idle this long: 3/4 of the server's stated idle timeout; zero if none
+	asked    bool          // the first query asked for the server's idle timeout (RFC 7828)
 }
 
 // connState is where a connection is in its life: open takes queries;
@@ -75,16 +74,16 @@ const (
 // connOwner is what a connection tells its pool. Calls come from the
 // connection's goroutines and its callers, never under the connection's lock.
 type connOwner interface {
-	// released reports that a slot came free on c.
+	// released reports that a slot came free.
 	released()
-	// closed reports that c has closed for cause; every call in flight on it
-	// has been completed. stats is what it carried.
+	// connClosed reports that c has closed for cause; every call in flight
+	// on it has been completed. stats is what it carried.
 	connClosed(c *conn, cause error, stats connStats)
 	// misrouted reports an answer that named the wrong query, or none;
 	// confused is how many the connection has had, answered its answers.
 	misrouted(confused, answered int)
-	// inOrder reports that c's answers show an upstream that works on one
-	// query at a time (see judgeOrderLocked).
+	// inOrder reports that the connection's answers show an upstream that
+	// works on one query at a time (see order.judge).
 	inOrder()
 	// bad reports an answer dropped for reason.
 	bad(reason BadReason)
@@ -93,34 +92,9 @@ type connOwner interface {
 // connStats is what a connection had carried when it closed.
 type connStats struct {
 	answered int // answers read
-	written  int // queries entered
 	peak     int // most calls in flight at once
 	active   int // calls in flight, not given up, when it closed
 }
-
-// Thresholds of the fault account.
-const (
-	// badWindow answers are remembered per connection; more than badLimit
-	// bad ones among them condemn the connection: its upstream is then
-	// more wrong than right, and a fresh connection is worth trying.
-	badWindow = 32
-	badLimit  = badWindow / 2
-)
-
-// BadReason says why an answer was dropped.
-type BadReason string
-
-// The reasons an answer is dropped.
-const (
-	// BadMalformed: the answer does not unpack as a DNS message.
-	BadMalformed BadReason = "malformed"
-	// BadWrongID: the answer names a query that is not in flight, or
-	// another than the one it answers.
-	BadWrongID BadReason = "wrong_id"
-	// BadWrongQuestion: the answer carries the ID of a query in flight but
-	// answers a question that no query in flight asked.
-	BadWrongQuestion BadReason = "wrong_question"
-)
 
 // Errors of a connection, as its calls and the pool see them.
 var (
@@ -340,151 +314,6 @@ func (c *conn) readLoop() {
 	}
 }
 
-// route hands a, the answer read with ID id (nil if it did not unpack), to the
-// query it answers. An answer goes to the query its ID names only if it
-// answers that query's question. When it does not, its question decides:
-//   - it answers another query in flight: its ID was wrong, and that query
-//     lost its answer; that query is sent again, while the one the ID named
-//     keeps waiting for its own;
-//   - it answers no query in flight: it is the garbled answer of the query
-//     its ID names, which is sent again.
-//
-// An answer that does not unpack is charged to the query its ID names. One
-// that can be charged to no query means some query's answer went astray: see
-// lostLocked.
-//
-// The caller of each failed query sends it again on a fresh ID, so a bad
-// answer costs one resend of the query it hit. Each is counted; when more
-// than badLimit of the last badWindow answers were bad, the connection is
-// closed: its upstream is then more wrong than right there.
-func (c *conn) route(id uint16, a *dns.Msg, now int64) {
-	var (
-		deliver *call
-		failed  []*call
-		reason  BadReason
-		serial  bool
-		cause   error
-	)
-	c.mu.Lock()
-	if c.state == stateClosed {
-		c.mu.Unlock()
-		return
-	}
-	c.answered++
-	c.lastUsed = time.Unix(0, now)
-	confusedBefore := c.confused
-	cl := c.calls[id]
-	switch {
-	case cl == abandoned: // late: its caller gave up; whatever it holds is dropped
-		c.removeLocked(id)
-	case cl != nil && a != nil && cl.q.match(a):
-		deliver = cl
-		c.removeLocked(id)
-		serial = c.order.judge(cl, now)
-		if cl.keepalive {
-			c.keepaliveLocked(a)
-		}
-	case cl != nil && a == nil:
-		reason, failed = BadMalformed, append(failed, cl)
-		c.removeLocked(id)
-	case a != nil:
-		if xid, x := c.askedLocked(a); x != nil { // x's answer, under another ID
-			reason, failed = BadWrongID, append(failed, x)
-			c.removeLocked(xid)
-			c.confused++
-		} else if cl != nil {
-			reason, failed = BadWrongQuestion, append(failed, cl)
-			c.removeLocked(id)
-		} else {
-			reason, failed = BadWrongID, c.lostLocked(failed)
-		}
-	default:
-		reason, failed = BadMalformed, c.lostLocked(failed)
-	}
-	c.recent <<= 1
-	if reason != "" {
-		c.recent |= 1
-		if bits.OnesCount32(c.recent) > badLimit {
-			cause = errUntrustable
-		}
-	}
-	confused, answered := c.confused, c.answered
-	misrouted := confused > confusedBefore
-	failed, done := c.settleLocked(failed)
-	c.mu.Unlock()
-
-	if deliver != nil {
-		deliver.q.finish(a, deliver.keepalive)
-		deliver.ch <- result{msg: a}
-	}
-	if reason != "" {
-		c.owner.bad(reason)
-	}
-	if misrouted {
-		c.owner.misrouted(confused, answered)
-	}
-	if serial {
-		c.owner.inOrder()
-	}
-	c.finish(failed, done, cause)
-}
-
-// askedLocked returns the oldest call in flight whose question a answers, and
-// its ID; nil if none.
-func (c *conn) askedLocked(a *dns.Msg) (uint16, *call) {
-	var (
-		id  uint16
-		old *call
-	)
-	for i, x := range c.calls {
-		if x != abandoned && x.q.match(a) && (old == nil || x.sent < old.sent) {
-			id, old = i, x
-		}
-	}
-	return id, old
-}
-
-// lostLocked takes in an answer that no query in flight can be charged with:
-// some query's answer went astray, or it is noise, and which cannot be told.
-// With one query in flight, it is charged to that one, which it returns in
-// failed. Otherwise the connection drains: it takes no new queries, and once
-// no more queries are in flight than answers went astray, those left are the
-// ones whose answers will not come (settleLocked). It counts as a misrouted
-// answer.
-func (c *conn) lostLocked(failed []*call) []*call {
-	c.confused++
-	if c.activeLocked() == 1 {
-		for id, x := range c.calls {
-			if x != abandoned {
-				c.removeLocked(id)
-				return append(failed, x)
-			}
-		}
-	}
-	c.lost++
-	c.drainLocked()
-	return failed
-}
-
-// settleLocked appends to failed the calls of a draining connection whose
-// answers will not come: all those in flight, once they are no more than the
-// answers that went astray. It reports whether the connection is done: it
-// drains and has no query in flight left.
-func (c *conn) settleLocked(failed []*call) ([]*call, bool) {
-	if c.state != stateDraining {
-		return failed, false
-	}
-	if c.lost > 0 && c.activeLocked() <= c.lost {
-		for id, x := range c.calls {
-			if x != abandoned {
-				c.removeLocked(id)
-				failed = append(failed, x)
-			}
-		}
-	}
-	return failed, c.activeLocked() == 0
-}
-
 // finish completes failed with errBadAnswer, then closes c for cause, or
 // because it is done draining, or else tells the owner a slot came free.
 func (c *conn) finish(failed []*call, done bool, cause error) {
@@ -509,7 +338,7 @@ func (c *conn) fail(cause error) {
 		c.mu.Unlock()
 		return
 	}
-	st := connStats{answered: c.answered, written: c.written, peak: c.peak, active: c.activeLocked()}
+	st := connStats{answered: c.answered, peak: c.peak, active: c.activeLocked()}
 	c.state = stateClosed
 	c.usable.Store(false)
 	calls := c.calls
@@ -544,45 +373,4 @@ func (c *conn) answeredAny() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.answered > 0
-}
-
-// optCodeKeepalive is edns-tcp-keepalive (RFC 7828).
-const optCodeKeepalive = 11
-
-// askKeepalive asks the server for its idle timeout (RFC 7828) in cl's frame,
-// turning the first four bytes of its padding into an empty
-// edns-tcp-keepalive option, so the frame keeps its length. It reports
-// whether the frame had padding enough.
-func (cl *call) askKeepalive() bool {
-	at := cl.q.padAt
-	if at == 0 {
-		return false
-	}
-	l := int(binary.BigEndian.Uint16(cl.wbuf[at+2:]))
-	if l < 4 {
-		return false
-	}
-	copy(cl.wbuf[at:], []byte{0, optCodeKeepalive, 0, 0, 0, optCodePadding, byte((l - 4) >> 8), byte(l - 4)})
-	return true
-}
-
-// keepaliveLocked takes in the idle timeout the server states in a, the
-// answer to the query that asked for it: the connection retires idle after
-// three quarters of it, before the server closes it under a query, or drains
-// at once when the server asks the client to close (a timeout of zero).
-func (c *conn) keepaliveLocked(a *dns.Msg) {
-	opt := a.IsEdns0()
-	if opt == nil {
-		return
-	}
-	for _, o := range opt.Option {
-		if k, ok := o.(*dns.EDNS0_TCP_KEEPALIVE); ok {
-			if k.Timeout == 0 {
-				c.drainLocked()
-				return
-			}
-			c.idleMax = time.Duration(k.Timeout) * 100 * time.Millisecond * 3 / 4
-			return
-		}
-	}
 }

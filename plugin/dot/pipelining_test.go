@@ -262,6 +262,7 @@ func TestLearnsQueryLimit(t *testing.T) {
 		t.Errorf("Stats().QueryLimit = %d, want 10", s.QueryLimit)
 	}
 	before, queries := ev.resent.Load(), srv.Queries()
+	t.Logf("%d queries resent, %d connections, while the limit was learned", before, srv.Accepted())
 	if failed := stream(400); failed != 0 {
 		t.Errorf("%d of 400 queries failed after the limit was learned", failed)
 	}

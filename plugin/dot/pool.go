@@ -10,8 +10,9 @@
 // cheap.
 //
 // Faults cost the queries they hit and no more. A connection (conn.go) checks
-// every answer against the question of the query it answers; a bad one sends
-// that query again, and the connection stays up while its framing holds. A
+// every answer against the question of the query it answers (route.go); a bad
+// one sends that query again, and the connection stays up while its framing
+// holds. A
 // connection the upstream closes takes its queries with it; Exchange sends
 // them again on another one, within their deadline. Upstreams that mishandle
 // pipelining, or allow a fixed number of queries per connection, are noticed
