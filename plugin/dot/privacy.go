@@ -89,7 +89,7 @@ func protect(msg []byte, p Privacy, maxLen int) (out []byte, addedOPT bool, padA
 		binary.BigEndian.PutUint16(msg[10:], binary.BigEndian.Uint16(msg[10:])+1) // ARCOUNT
 		opt, optEnd, addedOPT = len(msg)-rrFixedLen-1, len(msg), true
 	}
-	// Keep every option but padding and, if asked, the client subnet.
+	// Keep every option but those dropped.
 	rdata := opt + 1 + rrFixedLen
 	w := rdata
 	for r := rdata; r+4 <= optEnd; {
@@ -112,9 +112,11 @@ func protect(msg []byte, p Privacy, maxLen int) (out []byte, addedOPT bool, padA
 }
 
 // dropped reports whether protect takes out the option code: padding, which
-// it pads anew, and the client subnet when asked.
+// it pads anew; edns-tcp-keepalive, which is about the client's own
+// connection (RFC 7828 section 3.1), not ours to the upstream; and the client
+// subnet when asked.
 func dropped(code uint16, p Privacy) bool {
-	return code == optCodePadding || p.StripSubnet && code == optCodeSubnet
+	return code == optCodePadding || code == optCodeKeepalive || p.StripSubnet && code == optCodeSubnet
 }
 
 // findOPT returns where msg's OPT record starts and ends, or -1 if it has

@@ -57,6 +57,8 @@ func TestProtect(t *testing.T) {
 		{name: "stripped, not padded", in: withEDNS(false, cookie, subnet()), p: Privacy{StripSubnet: true}, wantOpts: []uint16{dns.EDNS0COOKIE}},
 		{name: "the client's padding replaced", in: withEDNS(false, &dns.EDNS0_PADDING{Padding: make([]byte, 300)}), p: Privacy{PadBlock: 128}, wantOpts: []uint16{dns.EDNS0PADDING}},
 		{name: "other block size", in: withEDNS(false), p: Privacy{PadBlock: 468}, wantOpts: []uint16{dns.EDNS0PADDING}},
+		{name: "the client's edns-tcp-keepalive dropped: hop by hop", in: withEDNS(false, &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE}, cookie),
+			p: Privacy{PadBlock: 128}, wantOpts: []uint16{dns.EDNS0COOKIE, dns.EDNS0PADDING}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -166,6 +168,7 @@ func FuzzProtect(f *testing.F) {
 	f.Add(packed(f, withEDNS(true, subnet())), false, uint8(128))
 	f.Add(packed(f, withEDNS(false, &dns.EDNS0_PADDING{Padding: make([]byte, 7)})), true, uint8(128))
 	f.Add(packed(f, withEDNS(false, subnet(), &dns.EDNS0_PADDING{Padding: make([]byte, 7)})), true, uint8(0))
+	f.Add(packed(f, withEDNS(false, &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: 10})), false, uint8(128))
 	f.Fuzz(func(t *testing.T, msg []byte, strip bool, block uint8) {
 		p := Privacy{PadBlock: int(block), StripSubnet: strip}
 		in := new(dns.Msg)
@@ -243,7 +246,7 @@ func protectFault(in, out *dns.Msg, p Privacy, added bool) string {
 	var want []dns.EDNS0
 	if inOpt != nil {
 		for _, o := range inOpt.Option {
-			if o.Option() != dns.EDNS0PADDING && !(p.StripSubnet && o.Option() == dns.EDNS0SUBNET) {
+			if c := o.Option(); c != dns.EDNS0PADDING && c != dns.EDNS0TCPKEEPALIVE && !(p.StripSubnet && c == dns.EDNS0SUBNET) {
 				want = append(want, o)
 			}
 		}
