@@ -55,6 +55,7 @@ type conn struct {
 	lastUsed time.Time     // when the last call completed
 	order    order         // see pipelining.go
 	recent   uint32        // one bit per recent answer, newest lowest: 1 for a bad one
+	good     int           // good answers over the connection's life
 	lost     int           // answers that went astray (see lostLocked), since draining
 	confused int           // answers that named the wrong query, over the connection's life
 	idleMax  time.Duration // retire when idle this long: 3/4 of the server's stated idle timeout; zero if none

@@ -165,26 +165,48 @@ func TestMisroutedAnswerResendsTheQueryItAnswers(t *testing.T) {
 	}
 }
 
-func TestMostlyBadConnIsClosed(t *testing.T) {
-	srv := dottest.New(t, dottest.Options{Wire: func(q *dns.Msg) []byte {
-		a := dottest.Answer(q)
-		a.Question[0].Name = "other.example.net."
-		return pack(a)
-	}})
-	var ev faultEvents
-	p := newPool(t, srv, ev.config)
-	var names []string
-	for i := range 40 {
-		names = append(names, fmt.Sprintf("q%d.example.org", i))
-	}
-	answers, errs := exchangeAll(t, p, names, 10*time.Second)
-	for i, err := range errs {
-		if answers[i] != nil || !errors.Is(err, errBadAnswer) {
-			t.Errorf("%s: %v, %v; want a bad-answer error", names[i], answers[i], err)
-		}
-	}
-	if ev.untrusted.Load() == 0 {
-		t.Error("no connection closed, with nothing but bad answers on it")
+// TestOutOfStepConnIsClosed: a connection that answered well, then turns bad
+// (every answer for another question, as from a proxy that lost track of
+// which answer is whose), is closed; one that never answered well is kept.
+func TestOutOfStepConnIsClosed(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		good   int64 // answers right before the rest go bad
+		closed bool
+	}{
+		{name: "answered well, then out of step", good: 8, closed: true},
+		{name: "never answered well", good: 0, closed: false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var n atomic.Int64
+			srv := dottest.New(t, dottest.Options{Wire: func(q *dns.Msg) []byte {
+				a := dottest.Answer(q)
+				if n.Add(1) > tc.good {
+					a.Question[0].Name = "other.example.net."
+				}
+				return pack(a)
+			}})
+			var ev faultEvents
+			p := newPool(t, srv, ev.config)
+			for i := range tc.good {
+				if _, err := exchange(t, p, fmt.Sprintf("good%d.example.org", i), 10*time.Second); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var names []string
+			for i := range 40 {
+				names = append(names, fmt.Sprintf("q%d.example.org", i))
+			}
+			answers, errs := exchangeAll(t, p, names, 10*time.Second)
+			for i, err := range errs {
+				if answers[i] != nil || !errors.Is(err, errBadAnswer) {
+					t.Errorf("%s: %v, %v; want a bad-answer error", names[i], answers[i], err)
+				}
+			}
+			if closed := ev.untrusted.Load() > 0; closed != tc.closed {
+				t.Errorf("connection closed for its bad answers: %v, want %v", closed, tc.closed)
+			}
+		})
 	}
 }
 

@@ -13,8 +13,11 @@ import (
 // Thresholds of the fault account.
 const (
 	// badWindow answers are remembered per connection; more than badLimit
-	// bad ones among them condemn the connection: its upstream is then
-	// more wrong than right, and a fresh connection is worth trying.
+	// bad ones among them condemn a connection that has answered well
+	// before: its stream has gone out of step (a proxy that lost track of
+	// which answer is whose, say), and a fresh connection may not be. One
+	// that never answered well is kept: a fresh one would fare no better,
+	// and each query meeting its answers gets an error after maxBadAnswers.
 	badWindow = 32
 	badLimit  = badWindow / 2
 )
@@ -49,8 +52,8 @@ const (
 //
 // The caller of each failed query sends it again on a fresh ID, so a bad
 // answer costs one resend of the query it hit. Each is counted; when more
-// than badLimit of the last badWindow answers were bad, the connection is
-// closed: its upstream is then more wrong than right there.
+// than badLimit of the last badWindow answers were bad on a connection that
+// had answered well, it is closed (see badWindow).
 func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 	var (
 		deliver *call
@@ -73,6 +76,7 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 		c.removeLocked(id)
 	case cl != nil && a != nil && cl.q.match(a):
 		deliver = cl
+		c.good++
 		c.removeLocked(id)
 		serial = c.order.judge(cl, now)
 		if cl.keepalive {
@@ -98,7 +102,7 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 	c.recent <<= 1
 	if reason != "" {
 		c.recent |= 1
-		if bits.OnesCount32(c.recent) > badLimit {
+		if c.good > 0 && bits.OnesCount32(c.recent) > badLimit {
 			cause = errUntrustable
 		}
 	}
