@@ -301,12 +301,7 @@ func TestKeepalive(t *testing.T) {
 			for i := range 2 {
 				m := new(dns.Msg)
 				m.SetQuestion(fmt.Sprintf("q%d.example.org.", i), dns.TypeA)
-				q, err := NewQuery(m, Privacy{PadBlock: DefaultPadBlock})
-				if err != nil {
-					t.Fatal(err)
-				}
-				a, err := p.Exchange(t.Context(), q)
-				q.Release()
+				a, err := exchangePadded(t, p, m)
 				if err != nil {
 					t.Fatal(err)
 				}

@@ -50,6 +50,17 @@ func query(t testing.TB, name string, qtype uint16) *Query {
 	return q
 }
 
+// exchangePadded sends m over p, padded as by default, and returns the answer.
+func exchangePadded(t *testing.T, p *Pool, m *dns.Msg) (*dns.Msg, error) {
+	t.Helper()
+	q, err := NewQuery(m, Privacy{PadBlock: DefaultPadBlock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer q.Release()
+	return p.Exchange(t.Context(), q)
+}
+
 func exchange(t testing.TB, p *Pool, name string, timeout time.Duration) (*dns.Msg, error) {
 	t.Helper()
 	q := query(t, name, dns.TypeA)

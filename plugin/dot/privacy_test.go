@@ -128,12 +128,7 @@ func TestPaddedOnTheWire(t *testing.T) {
 	p := newPool(t, srv, nil)
 	for _, m := range []*dns.Msg{withEDNS(false), func() *dns.Msg { m := new(dns.Msg); m.SetQuestion("a.example.org.", dns.TypeA); return m }()} {
 		hadOPT := m.IsEdns0() != nil
-		q, err := NewQuery(m, Privacy{PadBlock: DefaultPadBlock})
-		if err != nil {
-			t.Fatal(err)
-		}
-		a, err := p.Exchange(t.Context(), q)
-		q.Release()
+		a, err := exchangePadded(t, p, m)
 		if err != nil {
 			t.Fatal(err)
 		}
