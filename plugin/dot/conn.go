@@ -33,6 +33,7 @@ type conn struct {
 	tc           *tls.Conn
 	born         time.Time     // when the handshake completed
 	writeTimeout time.Duration // a write that takes longer fails the connection
+	maxAge       time.Duration // retire this long after born; zero never
 
 	wmu     sync.Mutex    // guards pending and seq
 	pending []byte        // frames waiting for the writer
@@ -146,9 +147,9 @@ type result struct {
 
 var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
 
-func newConn(owner connOwner, raw net.Conn, tc *tls.Conn, writeTimeout time.Duration) *conn {
+func newConn(owner connOwner, raw net.Conn, tc *tls.Conn, writeTimeout, maxAge time.Duration) *conn {
 	now := time.Now()
-	c := &conn{owner: owner, raw: raw, tc: tc, born: now, writeTimeout: writeTimeout, lastUsed: now,
+	c := &conn{owner: owner, raw: raw, tc: tc, born: now, writeTimeout: writeTimeout, maxAge: maxAge, lastUsed: now,
 		calls: make(map[uint16]*call), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	c.usable.Store(true)
 	return c
@@ -157,9 +158,10 @@ func newConn(owner connOwner, raw net.Conn, tc *tls.Conn, writeTimeout time.Dura
 // tryAdd enters cl in the call table under a fresh ID, unless the connection
 // holds maxInflight calls or has taken limit queries over its life (zero: no
 // limit), or does not take queries. It returns how many more queries the
-// connection may take over its life (-1: no limit). A connection idle past
-// the server's stated idle timeout takes no query: it drains, and the server
-// or the janitor closes it.
+// connection may take over its life (-1: no limit). A connection past its
+// maxAge, or idle past the server's stated idle timeout, takes no query: it
+// drains, and closes once its queries are answered (if it has none, the
+// janitor or the server closes it).
 func (c *conn) tryAdd(cl *call, maxInflight, limit int) (ok bool, left int) {
 	c.mu.Lock()
 	if c.state != stateOpen || len(c.calls) >= maxInflight || limit > 0 && c.written >= limit {
@@ -167,7 +169,7 @@ func (c *conn) tryAdd(cl *call, maxInflight, limit int) (ok bool, left int) {
 		return false, 0
 	}
 	now := time.Now()
-	if c.idleMax > 0 && len(c.calls) == 0 && now.Sub(c.lastUsed) >= c.idleMax {
+	if c.maxAge > 0 && now.Sub(c.born) >= c.maxAge || c.idleMax > 0 && len(c.calls) == 0 && now.Sub(c.lastUsed) >= c.idleMax {
 		c.drainLocked()
 		c.mu.Unlock()
 		return false, 0
@@ -358,15 +360,20 @@ func (c *conn) fail(cause error) {
 	c.owner.connClosed(c, cause, st)
 }
 
-// idle reports whether c has had no query in flight for expire, or for the
-// idle timeout the server stated, whichever is shorter.
-func (c *conn) idle(now time.Time, expire time.Duration) bool {
+// idle reports whether c has no query in flight and is done: it has had none
+// for expire (when positive) or for the idle timeout the server stated, or it
+// drains, or it is maxAge old (when positive); and whether it is quiet: no
+// query in flight for quiet.
+func (c *conn) idle(now time.Time, expire, maxAge, quiet time.Duration) (done, isQuiet bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.idleMax > 0 {
-		expire = min(expire, c.idleMax)
+	if c.activeLocked() > 0 {
+		return false, false
 	}
-	return c.activeLocked() == 0 && now.Sub(c.lastUsed) >= expire
+	since := now.Sub(c.lastUsed)
+	done = expire > 0 && since >= expire || c.idleMax > 0 && since >= c.idleMax ||
+		c.state == stateDraining || maxAge > 0 && now.Sub(c.born) >= maxAge
+	return done, since >= quiet
 }
 
 // answeredAny reports whether c has read an answer.

@@ -115,5 +115,5 @@ func (p *Pool) dialConn() (*conn, error) {
 		raw.Close()
 		return nil, err
 	}
-	return newConn(p, raw, tc, p.cfg.Timeout), nil
+	return newConn(p, raw, tc, p.cfg.Timeout, p.cfg.MaxAge), nil
 }

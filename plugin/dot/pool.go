@@ -70,6 +70,16 @@ type Config struct {
 	Timeout     time.Duration // dial and handshake, and an Exchange whose context has no deadline; default DefaultTimeout
 	Expire      time.Duration // close a connection idle this long; default DefaultExpire, negative never
 
+	// MaxAge retires a connection this long after its handshake: it takes no
+	// new query and closes once its queries are answered. Zero never.
+	MaxAge time.Duration
+	// MaxIdleConns is the most connections kept open with no query in
+	// flight; the janitor closes the others. Zero is no limit.
+	MaxIdleConns int
+	// LocalAddr is the source address of every connection; nil lets the
+	// system choose.
+	LocalAddr net.IP
+
 	// IsAuth reports whether a failed dial failed to authenticate the
 	// server (its chain, name or pin) rather than to reach it. Such failures
 	// back off up to a minute instead of 5s: a server that presents the
@@ -157,6 +167,9 @@ func New(cfg Config) *Pool {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	d := &net.Dialer{KeepAlive: 15 * time.Second}
+	if cfg.LocalAddr != nil {
+		d.LocalAddr = &net.TCPAddr{IP: cfg.LocalAddr}
+	}
 	p := &Pool{cfg: cfg, ctx: ctx, cancel: cancel, dialTCP: d.DialContext}
 	p.conns.Store(new([]*conn))
 	return p
@@ -175,7 +188,7 @@ func (p *Pool) Start() {
 	if len(*p.conns.Load()) == 0 && !p.dialing.Load() {
 		p.startDialLocked()
 	}
-	if p.cfg.Expire > 0 {
+	if p.cfg.Expire > 0 || p.cfg.MaxAge > 0 || p.cfg.MaxIdleConns > 0 {
 		p.wg.Add(1)
 		go p.janitor()
 	}
@@ -442,10 +455,23 @@ func (p *Pool) wakeLocked() {
 	}
 }
 
+// janitorEvery is how often the janitor looks at the connections: a quarter
+// of Expire or MaxAge, whichever is shorter, and DefaultExpire/4 when neither
+// is set.
+func (p *Pool) janitorEvery() time.Duration {
+	every := DefaultExpire
+	for _, d := range []time.Duration{p.cfg.Expire, p.cfg.MaxAge} {
+		if d > 0 {
+			every = min(every, d)
+		}
+	}
+	return max(every/4, 10*time.Millisecond)
+}
+
 // janitor closes idle connections until the pool closes.
 func (p *Pool) janitor() {
 	defer p.wg.Done()
-	t := time.NewTicker(max(p.cfg.Expire/4, 10*time.Millisecond))
+	t := time.NewTicker(p.janitorEvery())
 	defer t.Stop()
 	for {
 		select {
@@ -458,11 +484,20 @@ func (p *Pool) janitor() {
 }
 
 // expireIdle closes the connections that have had no query in flight since
-// Expire before now (or since the idle timeout their server stated).
+// Expire before now (or since the idle timeout their server stated), those
+// past MaxAge with no query in flight, and the quiet ones (no query for one
+// round of the janitor) past MaxIdleConns, keeping the oldest: the pool fills
+// the oldest connections first.
 func (p *Pool) expireIdle(now time.Time) {
+	idle := 0
 	for _, c := range *p.conns.Load() {
-		if c.idle(now, p.cfg.Expire) {
+		switch done, quiet := c.idle(now, p.cfg.Expire, p.cfg.MaxAge, p.janitorEvery()); {
+		case done:
 			c.fail(errExpired)
+		case quiet && p.cfg.MaxIdleConns > 0:
+			if idle++; idle > p.cfg.MaxIdleConns {
+				c.fail(errExpired)
+			}
 		}
 	}
 }

@@ -590,3 +590,80 @@ func TestStallIsATimeout(t *testing.T) {
 		t.Errorf("%v is not a timeout", err)
 	}
 }
+
+func TestMaxAge(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	p := newPool(t, srv, func(c *Config) { c.MaxAge = time.Hour })
+	if _, err := exchange(t, p, "a.example.org", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	first := (*p.conns.Load())[0]
+	first.mu.Lock()
+	first.born = first.born.Add(-time.Hour) // as if an hour old
+	first.mu.Unlock()
+	if _, err := exchange(t, p, "b.example.org", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n := srv.Accepted(); n != 2 {
+		t.Errorf("%d connections: the query went to a connection past max_age", n)
+	}
+	p.expireIdle(time.Now())
+	if conns := *p.conns.Load(); len(conns) != 1 || conns[0] == first {
+		t.Errorf("%d connections open after the janitor; want the new one alone", len(conns))
+	}
+}
+
+func TestMaxIdleConns(t *testing.T) {
+	srv, arrived, release := holdingServer(t)
+	p := newPool(t, srv, func(c *Config) {
+		c.MaxIdleConns = 1
+		c.MaxInflight = 1 // each held query on a connection of its own
+		c.Expire = time.Hour
+	})
+	var wg sync.WaitGroup
+	for i := range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := exchange(t, p, fmt.Sprintf("hold%d.example.org", i), 10*time.Second); err != nil {
+				t.Error(err)
+			}
+		}()
+		<-arrived
+	}
+	close(release)
+	wg.Wait()
+	if n := p.Stats().Conns; n != 3 {
+		t.Fatalf("%d connections for three queries held at once, one each", n)
+	}
+	oldest := (*p.conns.Load())[0]
+	p.expireIdle(time.Now()) // not quiet yet
+	p.expireIdle(time.Now().Add(p.janitorEvery()))
+	if conns := *p.conns.Load(); len(conns) != 1 || conns[0] != oldest {
+		t.Errorf("%d connections kept idle, want the oldest alone", len(conns))
+	}
+}
+
+func TestSourceAddress(t *testing.T) {
+	from := make(chan string, 1)
+	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+		host, _, _ := net.SplitHostPort(c.RemoteAddr().String())
+		select {
+		case from <- host:
+		default:
+		}
+		q := new(dns.Msg)
+		if q.Unpack(frame) != nil {
+			return false
+		}
+		c.Write(framed(pack(dottest.Answer(q))))
+		return true
+	}})
+	p := newPool(t, srv, func(c *Config) { c.LocalAddr = net.IPv4(127, 0, 0, 2) })
+	if _, err := exchange(t, p, "a.example.org", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-from; got != "127.0.0.2" {
+		t.Errorf("the upstream saw the query come from %s, want 127.0.0.2", got)
+	}
+}
