@@ -44,8 +44,12 @@ type Dotstub struct {
 	policy    upstream.Policy
 
 	timeout        time.Duration // for one client query, all attempts included; default 2s
+	readTimeout    time.Duration // the longest one upstream is waited for; zero: its patience, or all the time left for the last
+	attempts       int           // upstreams asked per query at most (max_connect_attempts); default every one
 	failfast       bool          // SERVFAIL at once when every upstream is down
 	failoverRcodes []int         // answers with these codes are asked of the next upstream too
+	nextRcodes     []int         // answers with these codes go to the next dotstub or forward (next)
+	nextOnNodata   bool          // so do NOERROR answers with no records (next_on_nodata)
 	hedge          hedge
 	privacy        dot.Privacy // padding and client subnet
 
@@ -55,7 +59,7 @@ type Dotstub struct {
 
 // New returns a Dotstub with every default and no upstream.
 func New() *Dotstub {
-	return &Dotstub{from: ".", policy: &upstream.Fastest{}, timeout: defaultTimeout,
+	return &Dotstub{from: ".", policy: &upstream.Fastest{}, timeout: defaultTimeout, attempts: maxUpstreams,
 		privacy: dot.Privacy{PadBlock: dot.DefaultPadBlock}}
 }
 
@@ -115,6 +119,7 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if len(tries) == 0 {
 		return dns.RcodeServerFailure, ErrNoHealthy
 	}
+	tries = tries[:min(len(tries), d.attempts)]
 	q, err := dot.NewQuery(r, d.privacy)
 	if err != nil {
 		return dns.RcodeFormatError, err
@@ -127,8 +132,24 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	if a == nil {
 		return dns.RcodeServerFailure, err
 	}
+	if d.passOn(a) {
+		return plugin.NextOrFailure(d.Name(), d.Next, ctx, w, r)
+	}
 	w.WriteMsg(a)
 	return dns.RcodeSuccess, nil
+}
+
+// passOn reports whether a goes to the next plugin instead of the client, as
+// next and next_on_nodata say: as with forward, only when that plugin is
+// another dotstub or forward stanza.
+func (d *Dotstub) passOn(a *dns.Msg) bool {
+	if !slices.Contains(d.nextRcodes, a.Rcode) && !(d.nextOnNodata && a.Rcode == dns.RcodeSuccess && len(a.Answer) == 0) {
+		return false
+	}
+	if _, ok := d.Next.(*Dotstub); ok {
+		return true
+	}
+	return d.Next != nil && d.Next.Name() == "forward"
 }
 
 // candidates appends to dst the upstreams to try, in policy order: the
@@ -192,12 +213,19 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 }
 
 // attempt asks u, for its patience or an equal share of the time left when
-// left upstreams remain to be tried, whichever is shorter.
+// left upstreams remain to be tried, whichever is shorter, and never longer
+// than read_timeout.
 func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Query, left int) (*dns.Msg, error) {
 	start := time.Now()
-	if left > 1 {
+	if left > 1 || d.readTimeout > 0 {
 		deadline, _ := ctx.Deadline()
-		budget := min(deadline.Sub(start)/time.Duration(left), u.Patience())
+		budget := deadline.Sub(start)
+		if left > 1 {
+			budget = min(budget/time.Duration(left), u.Patience())
+		}
+		if d.readTimeout > 0 {
+			budget = min(budget, d.readTimeout)
+		}
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, start.Add(budget))
 		defer cancel()

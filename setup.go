@@ -3,6 +3,7 @@ package dotstub
 import (
 	"crypto/tls"
 	"math"
+	"net"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -73,9 +74,13 @@ type options struct {
 	maxFails    uint32
 	healthCheck time.Duration
 	probeName   string // health_check's domain
+	probeNoRec  bool   // health_check's no_rec
 	expire      time.Duration
+	maxAge      time.Duration
+	maxIdle     int
 	maxConns    int
 	maxInflight int
+	source      net.IP // source_address
 }
 
 // target is one TO argument, parsed.
@@ -117,6 +122,12 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 		if seen[addr] {
 			return nil, c.Errf("TO: %q is given twice", s)
 		}
+		if !strings.Contains(s, "://") {
+			log.Infof("Upstream %s: a bare address means DNS-over-TLS to %s here; forward would send plain DNS to port 53", s, addr)
+		}
+		if _, port, _ := net.SplitHostPort(addr); port == "53" {
+			log.Warningf("Upstream %s: port 53 is plain DNS's; DNS-over-TLS servers listen on 853", s)
+		}
 		seen[addr] = true
 		opts.to = append(opts.to, target{to: s, addr: addr, serverName: name})
 	}
@@ -139,16 +150,20 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 			MaxFails:    opts.maxFails,
 			HealthCheck: opts.healthCheck,
 			ProbeName:   opts.probeName,
+			ProbeNoRec:  opts.probeNoRec,
 			Probed:      probed(t.to),
 			Changed:     changed(t.to),
 			Pool: dot.Config{
-				Addr:        t.addr,
-				TLS:         tlsConfigs[i],
-				MaxConns:    opts.maxConns,
-				MaxInflight: opts.maxInflight,
-				Timeout:     d.timeout,
-				Expire:      opts.expire,
-				Events:      poolEvents(t.to),
+				Addr:         t.addr,
+				TLS:          tlsConfigs[i],
+				MaxConns:     opts.maxConns,
+				MaxInflight:  opts.maxInflight,
+				Timeout:      d.timeout,
+				Expire:       opts.expire,
+				MaxAge:       opts.maxAge,
+				MaxIdleConns: opts.maxIdle,
+				LocalAddr:    opts.source,
+				Events:       poolEvents(t.to),
 			},
 		}))
 	}
@@ -241,6 +256,9 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		if err != nil {
 			return err
 		}
+		if o.maxAge > 0 && dur > o.maxAge {
+			return c.Errf("expire: %s is more than max_age (%s); connections would be retired before they could expire", dur, o.maxAge)
+		}
 		o.expire = dur
 	case "max_concurrent":
 		n, err := parseInt(c, 0, math.MaxInt32)
@@ -260,6 +278,59 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 			return err
 		}
 		o.maxConns = n
+	case "max_age":
+		dur, err := parseDuration(c, 0)
+		if err != nil {
+			return err
+		}
+		if dur > 0 && o.expire > 0 && dur < o.expire {
+			return c.Errf("max_age: %s is less than expire (%s); connections would be retired before they could expire", dur, o.expire)
+		}
+		o.maxAge = dur
+	case "max_idle_conns":
+		n, err := parseInt(c, 0, math.MaxInt32)
+		if err != nil {
+			return err
+		}
+		o.maxIdle = n
+	case "max_connect_attempts":
+		n, err := parseInt(c, 0, math.MaxInt32)
+		if err != nil {
+			return err
+		}
+		d.attempts = n
+		if n == 0 {
+			d.attempts = maxUpstreams
+		}
+	case "read_timeout":
+		dur, err := parseDuration(c, time.Millisecond)
+		if err != nil {
+			return err
+		}
+		d.readTimeout = dur
+	case "next", "next_on_nodata":
+		return parseNext(c, d)
+	case "source_address":
+		var s string
+		if !c.Args(&s) || c.NextArg() {
+			return argErr(c, opt)
+		}
+		ip := net.ParseIP(s)
+		if ip == nil {
+			return c.Errf("source_address: %q is not an IP address", s)
+		}
+		o.source = ip
+	case "force_tcp":
+		if c.NextArg() {
+			return argErr(c, opt)
+		}
+		log.Infof("force_tcp: every query to an upstream goes over TCP already (DNS-over-TLS); the option changes nothing")
+	case "prefer_udp":
+		return c.Errf("prefer_udp: dotstub sends no query over UDP, only over DNS-over-TLS; remove the option")
+	case "doh_method":
+		return c.Errf("doh_method: dotstub speaks DNS-over-TLS, not DNS-over-HTTPS; remove the option and give the resolver's DoT address, tls://IP%%SERVERNAME")
+	case "resolver":
+		return c.Errf("resolver: dotstub takes upstreams by IP address only, as a host name would need a lookup in clear; remove the option and give tls://IP%%SERVERNAME")
 	case "max_inflight":
 		n, err := parseInt(c, 1, dot.MaxInflight) // half the IDs: the other half for IDs given up on
 		if err != nil {
@@ -330,10 +401,10 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 	return nil
 }
 
-// parseHealthCheck reads health_check DURATION [domain NAME].
+// parseHealthCheck reads health_check DURATION [no_rec] [domain NAME].
 func parseHealthCheck(c *caddy.Controller, o *options) error {
 	args := c.RemainingArgs()
-	if len(args) != 1 && len(args) != 3 {
+	if len(args) == 0 {
 		return argErr(c, "health_check")
 	}
 	dur, err := time.ParseDuration(args[0])
@@ -344,16 +415,47 @@ func parseHealthCheck(c *caddy.Controller, o *options) error {
 		return c.Errf("health_check: %s is negative", dur)
 	}
 	o.healthCheck = dur
-	if len(args) == 1 {
+	for args = args[1:]; len(args) > 0; args = args[1:] {
+		switch args[0] {
+		case "no_rec":
+			o.probeNoRec = true
+		case "domain":
+			if len(args) < 2 {
+				return c.Errf("health_check: want a NAME after domain")
+			}
+			if _, ok := dns.IsDomainName(args[1]); !ok {
+				return c.Errf("health_check: domain %q is not a domain name", args[1])
+			}
+			o.probeName = dns.Fqdn(args[1])
+			args = args[1:]
+		default:
+			return c.Errf("health_check: %q: want no_rec or domain NAME after the duration", args[0])
+		}
+	}
+	return nil
+}
+
+// parseNext reads next RCODE... and next_on_nodata.
+func parseNext(c *caddy.Controller, d *Dotstub) error {
+	opt := c.Val()
+	args := c.RemainingArgs()
+	if opt == "next_on_nodata" {
+		if len(args) != 0 {
+			return argErr(c, opt)
+		}
+		d.nextOnNodata = true
 		return nil
 	}
-	if args[1] != "domain" {
-		return c.Errf("health_check: %q: want domain NAME after the duration", args[1])
+	if len(args) == 0 {
+		return argErr(c, opt)
 	}
-	if _, ok := dns.IsDomainName(args[2]); !ok {
-		return c.Errf("health_check: domain %q is not a domain name", args[2])
+	for _, a := range args {
+		rc, ok := dns.StringToRcode[strings.ToUpper(a)]
+		if !ok {
+			return c.Errf("next: %q is not an RCODE", a)
+		}
+		d.nextRcodes = append(d.nextRcodes, rc)
 	}
-	o.probeName = dns.Fqdn(args[2])
 	return nil
 }
 

@@ -168,7 +168,7 @@ func TestBadCorefileFailsStartup(t *testing.T) {
 	}{
 		{"bad pin", "dotstub . tls://192.0.2.1 {\n pin_sha256 abc=\n}", `Corefile:3 - Error during parsing: pin_sha256: "abc=" is not base64`},
 		{"plaintext upstream", "dotstub . dns://192.0.2.1", `Corefile:2 - Error during parsing: TO: "dns://192.0.2.1" is not a tls:// upstream`},
-		{"unknown option", "dotstub . 192.0.2.1 {\n force_tcp\n}", `Corefile:3 - Error during parsing: unknown option "force_tcp"`},
+		{"unknown option", "dotstub . 192.0.2.1 {\n force_udp\n}", `Corefile:3 - Error during parsing: unknown option "force_udp"`},
 		{"negative duration", "dotstub . 192.0.2.1 {\n expire -1s\n}", `expire: -1s is less than 1ns`},
 	}
 	for _, tc := range tests {

@@ -20,8 +20,15 @@ const DefaultPort = "853"
 func ParseTo(s string) (addr, serverName string, err error) {
 	rest := s
 	if scheme, after, ok := strings.Cut(s, "://"); ok {
-		if scheme != "tls" {
-			return "", "", fmt.Errorf("%q is not a tls:// upstream; dotstub never sends a query in clear", s)
+		switch scheme {
+		case "tls":
+		case "dns":
+			return "", "", fmt.Errorf("%q is not a tls:// upstream: dotstub never sends a query in clear; write tls://IP%%SERVERNAME for a resolver that serves DNS-over-TLS", s)
+		case "https", "quic", "grpc":
+			return "", "", fmt.Errorf("%q is not a tls:// upstream: dotstub speaks DNS-over-TLS, not %s; write tls://IP%%SERVERNAME if the resolver serves DNS-over-TLS too", s,
+				map[string]string{"https": "DNS-over-HTTPS", "quic": "DNS-over-QUIC", "grpc": "DNS-over-gRPC"}[scheme])
+		default:
+			return "", "", fmt.Errorf("%q is not a tls:// upstream (schemes are lower case)", s)
 		}
 		rest = after
 	}

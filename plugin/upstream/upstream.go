@@ -37,6 +37,9 @@ type Config struct {
 	HealthCheck time.Duration
 	// ProbeName is the name a probe asks for, type NS; default the root.
 	ProbeName string
+	// ProbeNoRec clears the RD bit of probes (forward's health_check
+	// no_rec), for upstreams that answer probes for their own zones only.
+	ProbeNoRec bool
 	// Probed, if set, is called after each health probe with its outcome.
 	Probed func(err error)
 	// Changed, if set, is called when the upstream is marked down, with the
@@ -214,6 +217,7 @@ func (u *Upstream) prober() {
 func (u *Upstream) Probe() error {
 	m := new(dns.Msg)
 	m.SetQuestion(u.cfg.ProbeName, dns.TypeNS)
+	m.RecursionDesired = !u.cfg.ProbeNoRec
 	q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
 	if err != nil {
 		return err
