@@ -44,11 +44,16 @@ type identity struct {
 // selection is what one option gives the upstreams one selector picks, over
 // every line that names that selector.
 type selection struct {
-	sel  selector
-	at   caddyfile.Dispenser // the first line naming sel
-	pins pin.Set
-	ca   *x509.CertPool
+	sel      selector
+	at       caddyfile.Dispenser // the first line naming sel
+	pins     pin.Set
+	unpinned bool // pin_sha256 SELECTOR none: left unpinned on purpose
+	ca       *x509.CertPool
 }
+
+// unpinnedWord marks, in pin_sha256 SELECTOR none, upstreams left unpinned on
+// purpose in a block that pins others.
+const unpinnedWord = "none"
 
 // selector picks upstreams of a stanza by server name (every upstream that has
 // it), or by address (the one upstream there).
@@ -105,6 +110,9 @@ func (id *identity) parsePins(c *caddy.Controller) error {
 		return argErr(c, "pin_sha256")
 	}
 	const either = "give every upstream its own pins, or pins for all"
+	if args[0] == unpinnedWord {
+		return c.Errf("pin_sha256: %s needs a SELECTOR before it: pin_sha256 SELECTOR %s leaves the upstreams it selects unpinned", unpinnedWord, unpinnedWord)
+	}
 	if isPin(args[0]) {
 		if len(id.pinsBy) > 0 {
 			first := id.pinsBy[0]
@@ -132,6 +140,13 @@ func (id *identity) parsePins(c *caddy.Controller) error {
 		return c.Errf("pin_sha256: pins for %q only, but line %d gives pins for every upstream; %s", sel.text, id.pinsAt.Line(), either)
 	}
 	s := selectionFor(&id.pinsBy, sel, c)
+	if args[1] == unpinnedWord || s.unpinned {
+		if len(args) > 2 || len(s.pins) > 0 || args[1] != unpinnedWord {
+			return c.Errf("pin_sha256: %q is both pinned and left unpinned (%s); give one or the other", sel.text, unpinnedWord)
+		}
+		s.unpinned = true
+		return nil
+	}
 	pins, err := pin.ParseSet(append(pinStrings(s.pins), args[1:]...))
 	if err != nil {
 		return c.Errf("pin_sha256: for %q: %v", sel.text, err)
@@ -243,6 +258,18 @@ func (o *options) tlsConfigs() ([]*tls.Config, error) {
 	caBy, err := o.resolve(o.id.caBy, "tls_ca")
 	if err != nil {
 		return nil, err
+	}
+	if len(o.id.pinsBy) > 0 {
+		for i, t := range o.to {
+			if pinsBy[i] == nil {
+				sel := t.addr
+				if host, port, _ := net.SplitHostPort(t.addr); port == upstream.DefaultPort {
+					sel = host
+				}
+				return nil, o.id.pinsBy[0].at.Errf("pin_sha256: %s has no pin, while this block pins others; pin it (pin_sha256 %s PIN...) or leave it unpinned on purpose (pin_sha256 %s %s)",
+					t.to, sel, sel, unpinnedWord)
+			}
+		}
 	}
 	cfgs := make([]*tls.Config, len(o.to))
 	for i, t := range o.to {
