@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/metadata"
 	"github.com/coredns/coredns/plugin/metrics"
 	"github.com/coredns/coredns/request"
 	"github.com/miekg/dns"
@@ -26,6 +27,10 @@ import (
 )
 
 const defaultTimeout = 2 * time.Second
+
+// metadataUpstream is the metadata label naming the upstream that answered,
+// as forward's forward/upstream does: its address, IP:PORT.
+const metadataUpstream = pluginName + "/upstream"
 
 // Errors ServeDNS returns with its SERVFAIL or REFUSED, for the errors plugin.
 var (
@@ -41,6 +46,7 @@ type Dotstub struct {
 	from      string   // zone this stanza answers for
 	ignored   []string // zones under from sent to Next instead (except)
 	upstreams []*upstream.Upstream
+	addrs     map[*upstream.Upstream]metadata.Func // each upstream's address, for the metadata plugin
 	policy    upstream.Policy
 
 	timeout        time.Duration // for one client query, all attempts included; default 2s
@@ -128,7 +134,10 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	ctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	a, err := d.resolve(ctx, q, tries)
+	a, u, err := d.resolve(ctx, q, tries)
+	if metadata.ValueFuncs(ctx) != nil { // the metadata plugin is on
+		metadata.SetValueFunc(ctx, metadataUpstream, d.addrs[u])
+	}
 	if a == nil {
 		return dns.RcodeServerFailure, err
 	}
@@ -173,12 +182,18 @@ func (d *Dotstub) candidates(dst []*upstream.Upstream) []*upstream.Upstream {
 // the last gets its patience (see upstream.Patience), and never more than an
 // equal share of the time left, so that one that hangs does not take it all.
 // An answer whose RCODE is listed by failover is kept, and returned only when
-// no later upstream does better.
-func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.Upstream) (*dns.Msg, error) {
-	var kept *dns.Msg // an answer with a failover RCODE
+// no later upstream does better. It returns the upstream whose answer it
+// returns, or the last one asked.
+func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.Upstream) (*dns.Msg, *upstream.Upstream, error) {
+	var (
+		kept  *dns.Msg // an answer with a failover RCODE
+		keptU *upstream.Upstream
+		u     *upstream.Upstream
+	)
 	err := ErrNoUpstream
 	for i := 0; i < len(tries); i++ {
-		u, left := tries[i], len(tries)-i
+		left := len(tries) - i
+		u = tries[i]
 		var a *dns.Msg
 		var uerr error
 		if d.hedge.on() && left > 1 {
@@ -191,12 +206,12 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 			a, uerr = d.attempt(ctx, u, q, left)
 		}
 		if uerr == nil && i < len(tries)-1 && slices.Contains(d.failoverRcodes, a.Rcode) {
-			kept = a
+			kept, keptU = a, u
 			failovers.WithLabelValues(u.Name()).Inc()
 			continue
 		}
 		if uerr == nil {
-			return a, nil
+			return a, u, nil
 		}
 		err = uerr
 		if ctx.Err() != nil {
@@ -207,9 +222,9 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 		}
 	}
 	if kept != nil {
-		return kept, nil
+		return kept, keptU, nil
 	}
-	return nil, err
+	return nil, u, err
 }
 
 // attempt asks u, for its patience or an equal share of the time left when
@@ -233,7 +248,9 @@ func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Quer
 	a, err := u.Exchange(ctx, q)
 	switch {
 	case err == nil:
-		requestDuration.WithLabelValues(metrics.WithServer(ctx), u.Name(), dns.RcodeToString[a.Rcode]).Observe(time.Since(start).Seconds())
+		took, rcode := time.Since(start).Seconds(), dns.RcodeToString[a.Rcode]
+		requestDuration.WithLabelValues(metrics.WithServer(ctx), u.Name(), rcode).Observe(took)
+		proxyRequestDuration.WithLabelValues(pluginName, u.Config().Pool.Addr, rcode).Observe(took)
 	case !errors.Is(err, context.Canceled): // cancelled: another upstream answered first
 		upstreamErrors.WithLabelValues(u.Name(), upstream.Reason(err)).Inc()
 	}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/coredns/coredns/plugin"
 	clog "github.com/coredns/coredns/plugin/pkg/log"
+	_ "github.com/coredns/coredns/plugin/pkg/proxy" // registers coredns_proxy_*, which dotstub shares (see shared)
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dotstub/dotstub/plugin/dot"
@@ -130,6 +131,43 @@ var (
 	}, []string{"to"})
 )
 
+// What forward records, under forward's names, shared with it: CoreDNS's
+// dashboards and alerts built on coredns_proxy_* see dotstub's upstreams too,
+// with proxy_name "dotstub" and to the upstream's IP:PORT.
+var (
+	proxyRequestDuration = shared(prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace:                   plugin.Namespace,
+		Subsystem:                   "proxy",
+		Name:                        "request_duration_seconds",
+		Buckets:                     plugin.TimeBuckets,
+		NativeHistogramBucketFactor: plugin.NativeHistogramBucketFactor,
+		Help:                        "Histogram of the time each request took.",
+	}, []string{"proxy_name", "to", "rcode"}))
+
+	proxyHealthcheckFailures = shared(prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: "proxy",
+		Name:      "healthcheck_failures_total",
+		Help:      "Counter of the number of failed healthchecks.",
+	}, []string{"proxy_name", "to"}))
+)
+
+// shared registers c, or returns the collector already registered under its
+// name: CoreDNS's proxy package (imported above, so registered first)
+// registers coredns_proxy_* for forward, with the same help and labels.
+func shared[C prometheus.Collector](c C) C {
+	err := prometheus.Register(c)
+	if are := (prometheus.AlreadyRegisteredError{}); errors.As(err, &are) {
+		if existing, ok := are.ExistingCollector.(C); ok {
+			return existing
+		}
+	}
+	if err != nil {
+		panic(err)
+	}
+	return c
+}
+
 // collectors lists every collector of the plugin, for registration and for the
 // test that holds README's Metrics section to them.
 var collectors = []prometheus.Collector{
@@ -249,11 +287,12 @@ func pinMismatchReported(to string, logf func(format string, args ...any)) func(
 	}
 }
 
-// probed counts failed health probes of to.
-func probed(to string) func(error) {
+// probed counts failed health probes of to, at addr.
+func probed(to, addr string) func(error) {
 	return func(err error) {
 		if err != nil {
 			healthcheckFailures.WithLabelValues(to).Inc()
+			proxyHealthcheckFailures.WithLabelValues(pluginName, addr).Inc()
 		}
 	}
 }

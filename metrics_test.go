@@ -1,6 +1,7 @@
 package dotstub
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"regexp"
@@ -8,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/coredns/coredns/plugin/metadata"
+	"github.com/coredns/coredns/plugin/pkg/dnstest"
+	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -132,6 +136,67 @@ func counter(t *testing.T, name string, values ...string) float64 {
 				}
 			}
 			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// TestForwardNames: what forward records under coredns_proxy_* and in the
+// forward/upstream metadata, dotstub records too, so that CoreDNS's own
+// dashboards, alerts and log templates keep working.
+func TestForwardNames(t *testing.T) {
+	good := dottest.New(t, dottest.Options{})
+	d := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n}", upstreamFor(good), caFile(t, good)))
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeA)
+	ctx := metadata.ContextWithMetadata(context.Background())
+	rec := dnstest.NewRecorder(&test.ResponseWriter{})
+	if rcode, err := d.ServeDNS(ctx, rec, m); err != nil || rcode != dns.RcodeSuccess {
+		t.Fatalf("ServeDNS = %d, %v", rcode, err)
+	}
+	if f := metadata.ValueFunc(ctx, "dotstub/upstream"); f == nil || f() != good.Addr {
+		t.Errorf("metadata dotstub/upstream is not %s", good.Addr)
+	}
+	if n := sampleCount(t, "coredns_proxy_request_duration_seconds", "dotstub", good.Addr, "NOERROR"); n != 1 {
+		t.Errorf("coredns_proxy_request_duration_seconds{proxy_name=dotstub,to=%s,rcode=NOERROR} counts %d, want 1", good.Addr, n)
+	}
+
+	other := dottest.New(t, dottest.Options{}) // its own CA: its probes fail
+	bad := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n}", upstreamFor(other), caFile(t, good)))
+	before := counter(t, "coredns_proxy_healthcheck_failures_total", "dotstub", other.Addr)
+	if bad.upstreams[0].Probe() == nil {
+		t.Fatal("a probe of an upstream that fails validation succeeded")
+	}
+	if n := counter(t, "coredns_proxy_healthcheck_failures_total", "dotstub", other.Addr) - before; n != 1 {
+		t.Errorf("coredns_proxy_healthcheck_failures_total rose by %v, want 1", n)
+	}
+}
+
+// sampleCount returns the sample count of the histogram name whose labels
+// hold values, in the default registry; 0 if there is none.
+func sampleCount(t *testing.T, name string, values ...string) uint64 {
+	t.Helper()
+	mfs, err := prometheus.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			held := 0
+			for _, v := range values {
+				for _, l := range m.GetLabel() {
+					if l.GetValue() == v {
+						held++
+						break
+					}
+				}
+			}
+			if held == len(values) {
+				return m.GetHistogram().GetSampleCount()
+			}
 		}
 	}
 	return 0

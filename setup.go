@@ -12,6 +12,7 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
+	"github.com/coredns/coredns/plugin/metadata"
 	pkgtls "github.com/coredns/coredns/plugin/pkg/tls"
 	"github.com/miekg/dns"
 
@@ -144,14 +145,15 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 	if err != nil {
 		return nil, err
 	}
+	d.addrs = make(map[*upstream.Upstream]metadata.Func, len(opts.to))
 	for i, t := range opts.to {
-		d.upstreams = append(d.upstreams, upstream.New(upstream.Config{
+		u := upstream.New(upstream.Config{
 			Name:        t.to,
 			MaxFails:    opts.maxFails,
 			HealthCheck: opts.healthCheck,
 			ProbeName:   opts.probeName,
 			ProbeNoRec:  opts.probeNoRec,
-			Probed:      probed(t.to),
+			Probed:      probed(t.to, t.addr),
 			Changed:     changed(t.to),
 			Pool: dot.Config{
 				Addr:         t.addr,
@@ -165,7 +167,9 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 				LocalAddr:    opts.source,
 				Events:       poolEvents(t.to),
 			},
-		}))
+		})
+		d.upstreams = append(d.upstreams, u)
+		d.addrs[u] = func() string { return t.addr }
 	}
 	return d, nil
 }
