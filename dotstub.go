@@ -45,6 +45,7 @@ type Dotstub struct {
 
 	from      string   // zone this stanza answers for
 	ignored   []string // zones under from sent to Next instead (except)
+	private   bool     // answer private names here (private.go); private_names off, or a FROM within one, clears it
 	upstreams []*upstream.Upstream
 	addrs     map[*upstream.Upstream]metadata.Func // each upstream's address, for the metadata plugin
 	policy    upstream.Policy
@@ -65,7 +66,7 @@ type Dotstub struct {
 
 // New returns a Dotstub with every default and no upstream.
 func New() *Dotstub {
-	return &Dotstub{from: ".", policy: &upstream.Fastest{}, timeout: defaultTimeout, attempts: maxUpstreams,
+	return &Dotstub{from: ".", private: true, policy: &upstream.Fastest{}, timeout: defaultTimeout, attempts: maxUpstreams,
 		privacy: dot.Privacy{PadBlock: dot.DefaultPadBlock}}
 }
 
@@ -111,6 +112,13 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	state := request.Request{W: w, Req: r}
 	if !d.match(state) {
 		return plugin.NextOrFailure(d.Name(), d.Next, ctx, w, r)
+	}
+	if d.private {
+		if zone := privateZone(state.Name()); zone != "" {
+			privateAnswers.WithLabelValues(metrics.WithServer(ctx), zone).Inc()
+			w.WriteMsg(privateAnswer(state, zone))
+			return dns.RcodeSuccess, nil
+		}
 	}
 	if d.maxConcurrent > 0 {
 		n := d.concurrent.Add(1)

@@ -123,6 +123,13 @@ var (
 		Help:      "Counter of queries answered REFUSED because max_concurrent queries were in flight.",
 	})
 
+	privateAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: plugin.Namespace,
+		Subsystem: pluginName,
+		Name:      "private_answers_total",
+		Help:      "Counter of queries for private names (localhost, local, home.arpa, private reverse zones, ...) answered here instead of forwarded, by zone.",
+	}, []string{"server", "zone"})
+
 	pinReportOnlyMismatches = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
@@ -173,7 +180,7 @@ func shared[C prometheus.Collector](c C) C {
 var collectors = []prometheus.Collector{
 	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures, healthy,
 	failovers, hedges, connQueries, resends, badAnswers, certExpiry, maxConcurrentRejects, inflightCollector,
-	pinReportOnlyMismatches,
+	pinReportOnlyMismatches, privateAnswers,
 }
 
 func init() { prometheus.MustRegister(collectors...) }

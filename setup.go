@@ -138,6 +138,9 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 		}
 	}
 
+	if privateZone(d.from) != "" { // FROM lies within a private zone: forward it, as asked
+		d.private = false
+	}
 	if opts.healthCheck == 0 { // no health checks: never skip an upstream
 		opts.maxFails = 0
 	}
@@ -324,6 +327,19 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 			return c.Errf("source_address: %q is not an IP address", s)
 		}
 		o.source = ip
+	case "private_names":
+		var v string
+		if !c.Args(&v) || c.NextArg() {
+			return argErr(c, opt)
+		}
+		switch v {
+		case "on":
+			d.private = true
+		case "off":
+			d.private = false
+		default:
+			return c.Errf("private_names: %q is neither on nor off", v)
+		}
 	case "force_tcp":
 		if c.NextArg() {
 			return argErr(c, opt)

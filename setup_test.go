@@ -378,6 +378,12 @@ func parseTests(tb testing.TB) []parseTest {
 		{name: "doh_method refused", input: block("doh_method GET"), wantErr: "doh_method: dotstub speaks DNS-over-TLS, not DNS-over-HTTPS", line: 2},
 		{name: "resolver refused", input: block("resolver 192.0.2.53"), wantErr: "resolver: dotstub takes upstreams by IP address only", line: 2},
 
+		// private_names
+		{name: "private_names off", input: block("private_names off"), upstreams: one},
+		{name: "private_names on", input: block("private_names on"), upstreams: one},
+		{name: "private_names other", input: block("private_names forward"), wantErr: `private_names: "forward" is neither on nor off`, line: 2},
+		{name: "private_names without argument", input: block("private_names"), wantErr: "private_names: wrong argument count", line: 2},
+
 		{name: "unknown option", input: block("policy random", "health 1s"), wantErr: `unknown option "health"`, line: 3},
 
 		{name: "every option", input: "dotstub example.org tls://192.0.2.1 192.0.2.2:8853 {\n" +

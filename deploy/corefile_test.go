@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/coredns/caddy/caddyfile"
+	"github.com/miekg/dns"
 
 	"github.com/dotstub/dotstub/plugin/dottest"
 )
@@ -173,6 +174,8 @@ type stage struct {
 	api       *apiServer                 // started for a kubernetes stanza
 	k8sZones  []string                   // zones of the first kubernetes stanza
 	fromZones []string                   // FROM of every dotstub stanza
+	plain     string                     // the plain-DNS stand-in for forward's upstreams; "" until one is needed
+	fwdZones  []string                   // FROM of every forward stanza
 	reload    string                     // when set, the arguments given to every reload
 	roots     []byte                     // the system roots of CoreDNS; default the test CA
 }
@@ -340,6 +343,11 @@ func (s *stage) localize(text string) string {
 			for i := 2; i < len(tok) && tok[i] != "{"; i++ {
 				tok[i] = s.to(tok[i])
 			}
+		case l.directive() == "forward":
+			s.fwdZones = append(s.fwdZones, tok[1])
+			for i := 2; i < len(tok) && tok[i] != "{"; i++ {
+				tok[i] = s.plainUpstream()
+			}
 		case l.directive() == "kubernetes":
 			if s.api == nil {
 				s.api = startAPIServer(s.t)
@@ -462,4 +470,34 @@ func (s *stage) env() []string {
 	}
 	// A directory that does not exist: no roots but the file's.
 	return append(env, "SSL_CERT_FILE="+file, "SSL_CERT_DIR="+file+".d")
+}
+
+// forwardIP is what the plain-DNS stand-in answers to every A query.
+const forwardIP = "192.0.2.9"
+
+// plainUpstream starts (once) the stand-in for the upstreams of forward
+// stanzas, an internal resolver in clear on loopback, and returns its address.
+func (s *stage) plainUpstream() string {
+	if s.plain != "" {
+		return s.plain
+	}
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(r)
+		if q := r.Question[0]; q.Qtype == dns.TypeA {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP(forwardIP)})
+		}
+		w.WriteMsg(m)
+	})}
+	started := make(chan struct{})
+	srv.NotifyStartedFunc = func() { close(started) }
+	go srv.ActivateAndServe()
+	<-started
+	s.t.Cleanup(func() { srv.Shutdown() })
+	s.plain = pc.LocalAddr().String()
+	return s.plain
 }

@@ -337,6 +337,12 @@ func (s *stage) check(t *testing.T, p *process, addr string) {
 			t.Errorf("%s: want the stand-in upstream's 192.0.2.1, got:\n%s", name, a)
 		}
 	}
+	for _, zone := range s.fwdZones {
+		name := "www." + dns.Fqdn(zone)
+		if a := query(t, addr, name, dns.TypeA); len(a.Answer) != 1 || a.Answer[0].(*dns.A).A.String() != forwardIP {
+			t.Errorf("%s: want the forward stanza's stand-in's %s, got:\n%s", name, forwardIP, a)
+		}
+	}
 	queries := 0
 	for _, srv := range s.upstreams {
 		queries += srv.Queries()
