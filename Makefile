@@ -1,5 +1,5 @@
 # dotstub: CoreDNS with the dotstub plugin.
-#   make build   build ./coredns
+#   make build   build ./coredns and ./dotpin
 #   make run     build, then serve Corefile.example (PORT=53 by default)
 #   make test    install what the tests need, vet, staticcheck, every test with -race, then
 #                each fuzz target for FUZZTIME (5s)
@@ -22,6 +22,7 @@ LDFLAGS := -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT) -X main.ve
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o coredns ./cmd/coredns
+	$(GO) build -ldflags "$(LDFLAGS)" -o dotpin ./cmd/dotpin
 
 run: build
 	./coredns -conf Corefile.example -dns.port $(PORT)
@@ -56,5 +57,5 @@ fuzz:
 	GO=$(GO) scripts/fuzz.sh $(FUZZTIME)
 
 clean:
-	rm -f coredns dotupstream
+	rm -f coredns dotupstream dotpin
 	rm -rf bench/out

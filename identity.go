@@ -246,18 +246,18 @@ func (o *options) configuredName(t target) string {
 
 // tlsConfigs returns the TLS configuration of each upstream of o.to, in
 // order: its server name, its CA (its own, the stanza's, or the system
-// roots) and its pins (its own or the stanza's).
-func (o *options) tlsConfigs() ([]*tls.Config, error) {
+// roots) and its pins (its own or the stanza's), which it also returns.
+func (o *options) tlsConfigs() ([]*tls.Config, []pin.Set, error) {
 	if o.id.reportOnly != nil && o.id.pinsAt == nil && len(o.id.pinsBy) == 0 {
-		return nil, o.id.reportOnly.Errf("pin_report_only: this block has no pin_sha256 to report on")
+		return nil, nil, o.id.reportOnly.Errf("pin_report_only: this block has no pin_sha256 to report on")
 	}
 	pinsBy, err := o.resolve(o.id.pinsBy, "pin_sha256")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	caBy, err := o.resolve(o.id.caBy, "tls_ca")
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if len(o.id.pinsBy) > 0 {
 		for i, t := range o.to {
@@ -266,12 +266,12 @@ func (o *options) tlsConfigs() ([]*tls.Config, error) {
 				if host, port, _ := net.SplitHostPort(t.addr); port == upstream.DefaultPort {
 					sel = host
 				}
-				return nil, o.id.pinsBy[0].at.Errf("pin_sha256: %s has no pin, while this block pins others; pin it (pin_sha256 %s PIN...) or leave it unpinned on purpose (pin_sha256 %s %s)",
+				return nil, nil, o.id.pinsBy[0].at.Errf("pin_sha256: %s has no pin, while this block pins others; pin it (pin_sha256 %s PIN...) or leave it unpinned on purpose (pin_sha256 %s %s)",
 					t.to, sel, sel, unpinnedWord)
 			}
 		}
 	}
-	cfgs := make([]*tls.Config, len(o.to))
+	cfgs, sets := make([]*tls.Config, len(o.to)), make([]pin.Set, len(o.to))
 	for i, t := range o.to {
 		name := o.configuredName(t)
 		if name == "" {
@@ -282,6 +282,7 @@ func (o *options) tlsConfigs() ([]*tls.Config, error) {
 		if s := pinsBy[i]; s != nil {
 			pins = s.pins
 		}
+		sets[i] = pins
 		var report func(error)
 		if o.id.reportOnly != nil && len(pins) > 0 {
 			report = pinMismatchReported(t.to, log.Warningf)
@@ -293,7 +294,7 @@ func (o *options) tlsConfigs() ([]*tls.Config, error) {
 			cfgs[i].RootCAs = o.id.ca
 		}
 	}
-	return cfgs, nil
+	return cfgs, sets, nil
 }
 
 // resolve returns, for each upstream of o.to, the selection of sels that

@@ -66,6 +66,21 @@ func parse(c *caddy.Controller) ([]*Dotstub, error) {
 	return ds, nil
 }
 
+// Upstreams reads the dotstub stanzas at c as CoreDNS does at start-up, with
+// every check, and returns their upstreams, not started: for tools, such as
+// dotpin check, that need what a Corefile says of each upstream.
+func Upstreams(c *caddy.Controller) ([]*upstream.Upstream, error) {
+	ds, err := parse(c)
+	if err != nil {
+		return nil, err
+	}
+	var out []*upstream.Upstream
+	for _, d := range ds {
+		out = append(out, d.upstreams...)
+	}
+	return out, nil
+}
+
 // options holds what a stanza says that is only needed to build upstreams.
 type options struct {
 	to          []target    // TO, read before the block
@@ -144,7 +159,7 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 	if opts.healthCheck == 0 { // no health checks: never skip an upstream
 		opts.maxFails = 0
 	}
-	tlsConfigs, err := opts.tlsConfigs()
+	tlsConfigs, pins, err := opts.tlsConfigs()
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +171,7 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 			HealthCheck: opts.healthCheck,
 			ProbeName:   opts.probeName,
 			ProbeNoRec:  opts.probeNoRec,
+			Pins:        pins[i],
 			Probed:      probed(t.to, t.addr),
 			Changed:     changed(t.to),
 			Pool: dot.Config{

@@ -41,14 +41,21 @@ const (
 
 const defaultTimeout = 5 * time.Second
 
-const usage = `usage: dotpin [-ca FILE] [-insecure] [-timeout DURATION] tls://IP[%NAME][:PORT]
+const usage = `usage: dotpin [-ca FILE] [-insecure] [-timeout DURATION] tls://IP[%NAME][:PORT]...
        dotpin FILE.pem
+       dotpin check [-conf Corefile] [-within DURATION] [-timeout DURATION]
 
 dotpin prints the pin-sha256 (base64 of the SHA-256 of the DER
 SubjectPublicKeyInfo, as dotstub's pin_sha256 takes it) of every certificate
 in the chain a DNS-over-TLS server presents, or in a PEM file, marking the
 leaf and the CAs, then a pin_sha256 line for the Corefile: the leaf's pin and,
-as a backup, the pin of the CA that issued it.
+as a backup, the pin of the CA that issued it. The line selects the server by
+NAME, or by its address when no NAME is given, so that the lines of several
+servers, pasted into one block, each pin their own.
+
+dotpin check reads a Corefile (following import) and checks every pinned
+upstream of its dotstub stanzas against the chain it presents now: run it from
+cron or CI. See dotpin check -h.
 
 A server is written as a dotstub upstream: port 853 by default, IPv6 in
 brackets (tls://[2001:db8::1%dns.example.net]:853). dotpin connects, verifies
@@ -71,6 +78,9 @@ Flags:
 func main() { os.Exit(run(os.Args[1:], os.Stdout, os.Stderr)) }
 
 func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 && args[0] == "check" {
+		return check(args[1:], stdout, stderr)
+	}
 	flags := flag.NewFlagSet("dotpin", flag.ContinueOnError)
 	flags.SetOutput(stderr)
 	caFile := flags.String("ca", "", "verify the server against the CA certificates (PEM) in `FILE` instead of the system roots")
@@ -91,20 +101,34 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, "run dotpin -h for help")
 		return exitUsage
 	}
-	if flags.NArg() != 1 {
-		return usageErr("give one tls://IP[%%NAME][:PORT] or FILE.pem, not %d arguments", flags.NArg())
+	if flags.NArg() == 0 {
+		return usageErr("give tls://IP[%%NAME][:PORT]... or FILE.pem")
 	}
 	if *timeout <= 0 {
 		return usageErr("-timeout %s: give a positive duration", *timeout)
 	}
 	arg := flags.Arg(0)
 	if !isServer(arg) {
-		if *caFile != "" || *insecure {
+		switch {
+		case flags.NArg() > 1:
+			return usageErr("give one FILE.pem, or servers only, not %d arguments", flags.NArg())
+		case *caFile != "" || *insecure:
 			return usageErr("-ca and -insecure are for a server, not a file")
 		}
 		return fromFile(arg, stdout, stderr)
 	}
-	return fromServer(context.Background(), arg, *caFile, *insecure, *timeout, stdout, stderr)
+	code := exitOK
+	for i, to := range flags.Args() {
+		if i > 0 {
+			io.WriteString(stdout, "\n")
+		}
+		// The worst status wins: failed over unverified over printed.
+		switch c := fromServer(context.Background(), to, *caFile, *insecure, *timeout, stdout, stderr); {
+		case c == exitFailed, c == exitUnverified && code == exitOK:
+			code = c
+		}
+	}
+	return code
 }
 
 // isServer tells a TO from a file name: a scheme, or a bare IP[:PORT].
@@ -168,6 +192,7 @@ func fromServer(ctx context.Context, to, caFile string, insecure bool, timeout t
 		fmt.Fprintf(stderr, "dotpin: %v\n", err)
 		return exitFailed
 	}
+	sel := selectorOf(addr, name)
 	cfg := &tls.Config{ServerName: name, MinVersion: tls.VersionTLS12}
 	if name == "" {
 		// No name: verify the IP address, as dotstub does.
@@ -209,7 +234,7 @@ func fromServer(ctx context.Context, to, caFile string, insecure bool, timeout t
 		fmt.Fprintf(&b, "# %s at %s: UNVERIFIED chain (%v)\n", to, addr, verr.Err)
 		printCerts(&b, verr.UnverifiedCertificates, len(verr.UnverifiedCertificates))
 		leaf := verr.UnverifiedCertificates[0]
-		corefileLine(&b, name, leaf, issuer(leaf, verr.UnverifiedCertificates[1:]), true)
+		corefileLine(&b, sel, leaf, issuer(leaf, verr.UnverifiedCertificates[1:]), true)
 		io.WriteString(stdout, b.String())
 		return exitUnverified
 	case errors.As(err, &verr):
@@ -236,9 +261,23 @@ func fromServer(ctx context.Context, to, caFile string, insecure bool, timeout t
 	if len(chain) > 1 {
 		ca = chain[1]
 	}
-	corefileLine(&b, name, chain[0], ca, false)
+	corefileLine(&b, sel, chain[0], ca, false)
 	io.WriteString(stdout, b.String())
 	return exitOK
+}
+
+// selectorOf returns how a pin_sha256 line selects the upstream at addr with
+// server name name: by the name, or by the address, its port left out when it
+// is 853, as dotstub's selectors read.
+func selectorOf(addr, name string) string {
+	if name != "" {
+		return name
+	}
+	host, port, _ := net.SplitHostPort(addr)
+	if port == upstream.DefaultPort {
+		return host
+	}
+	return addr
 }
 
 // hint says what may make a chain that failed with err verify.
@@ -284,11 +323,11 @@ func printCerts(b *strings.Builder, certs []*x509.Certificate, sent int) {
 }
 
 // corefileLine prints the pin_sha256 line for leaf and its issuing CA, if
-// known, with selector name if given; commented out when unverified.
-func corefileLine(b *strings.Builder, name string, leaf, ca *x509.Certificate, unverified bool) {
+// known, with selector sel if given; commented out when unverified.
+func corefileLine(b *strings.Builder, sel string, leaf, ca *x509.Certificate, unverified bool) {
 	line := "pin_sha256"
-	if name != "" {
-		line += " " + name
+	if sel != "" {
+		line += " " + sel
 	}
 	line += " " + pin.Of(leaf).String()
 	b.WriteString("\n")

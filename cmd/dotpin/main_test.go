@@ -180,7 +180,7 @@ func TestServerSendsNothing(t *testing.T) {
 func TestServerByIP(t *testing.T) {
 	srv := dottest.New(t, dottest.Options{Names: []string{"127.0.0.1"}})
 	ca := writeFile(t, "ca.pem", srv.CA.PEM)
-	want := fmt.Sprintf("pin_sha256 %s %s", srv.Leaf.Pin(), srv.CA.Pin())
+	want := fmt.Sprintf("pin_sha256 %s %s %s", srv.Addr, srv.Leaf.Pin(), srv.CA.Pin()) // selected by its address
 	for _, to := range []string{"tls://" + srv.Addr, srv.Addr} {
 		r := dotpin(t, "-ca", ca, to)
 		if r.code != exitOK {
@@ -326,7 +326,7 @@ func TestServerUnverified(t *testing.T) {
 			name:   "no name, IP not in the certificate",
 			args:   []string{"-ca", ca, "tls://" + srv.Addr},
 			stderr: "doesn't contain any IP SANs",
-			line:   fmt.Sprintf("# pin_sha256 %s %s", leaf, root),
+			line:   fmt.Sprintf("# pin_sha256 %s %s %s", srv.Addr, leaf, root),
 		},
 	}
 	for _, tc := range tests {
@@ -526,8 +526,11 @@ func TestUsage(t *testing.T) {
 		want string
 	}{
 		{name: "help", args: []string{"-h"}, code: exitOK, want: "usage: dotpin"},
-		{name: "no argument", args: nil, code: exitUsage, want: "give one tls://IP[%NAME][:PORT] or FILE.pem, not 0 arguments"},
-		{name: "two arguments", args: []string{file, file}, code: exitUsage, want: "not 2 arguments"},
+		{name: "no argument", args: nil, code: exitUsage, want: "give tls://IP[%NAME][:PORT]... or FILE.pem"},
+		{name: "two files", args: []string{file, file}, code: exitUsage, want: "give one FILE.pem, or servers only, not 2 arguments"},
+		{name: "check with an argument", args: []string{"check", "Corefile"}, code: exitUsage, want: "takes flags only"},
+		{name: "check help", args: []string{"check", "-h"}, code: exitOK, want: "usage: dotpin check"},
+		{name: "check, no Corefile", args: []string{"check", "-conf", file + ".missing"}, code: exitUsage, want: "no such file"},
 		{name: "unknown flag", args: []string{"-pin", file}, code: exitUsage, want: "flag provided but not defined: -pin"},
 		{name: "-ca with a file", args: []string{"-ca", file, file}, code: exitUsage, want: "-ca and -insecure are for a server"},
 		{name: "-insecure with a file", args: []string{"-insecure", file}, code: exitUsage, want: "-ca and -insecure are for a server"},

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dotstub/dotstub/plugin/dot"
+	"github.com/dotstub/dotstub/plugin/pin"
 
 	"github.com/miekg/dns"
 )
@@ -40,6 +41,10 @@ type Config struct {
 	// ProbeNoRec clears the RD bit of probes (forward's health_check
 	// no_rec), for upstreams that answer probes for their own zones only.
 	ProbeNoRec bool
+	// Pins are the pins Pool.TLS enforces (or reports on), for tools that
+	// check them against a live server; the upstream itself does not read
+	// them.
+	Pins pin.Set
 	// Probed, if set, is called after each health probe with its outcome.
 	Probed func(err error)
 	// Changed, if set, is called when the upstream is marked down, with the
