@@ -1,6 +1,6 @@
 # dotstub: CoreDNS with the dotstub plugin.
 #   make build   build ./coredns and ./dotpin
-#   make run     build, then serve Corefile.example (PORT=53 by default)
+#   make run     build, then serve Corefile.example on 127.0.0.1 (PORT=5300 by default; 53 as root)
 #   make test    install what the tests need, vet, staticcheck, every test with -race, then
 #                each fuzz target for FUZZTIME (5s)
 #   make demo    a local DoT upstream, ./coredns in front, a few queries; no internet
@@ -11,7 +11,7 @@
 #   make clean   remove what the build wrote
 
 GO      ?= go
-PORT    ?= 53
+PORT    ?= 5300
 SOAK    ?= 10m
 FUZZTIME ?= 5s
 COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)

@@ -366,6 +366,9 @@ func (s *stage) localize(text string) string {
 			if (tok[0] == "pin_sha256" || tok[0] == "tls_ca") && len(tok) > 2 && !placeholderPin.MatchString(tok[1]) {
 				tok[1] = s.selector(tok[1])
 			}
+			if tok[0] == "source_address" && len(tok) == 2 {
+				tok[1] = "127.0.0.1"
+			}
 			for i := 1; i < len(tok); i++ {
 				tok[i] = s.pin(tok[i])
 			}

@@ -29,10 +29,28 @@ type corefile struct {
 // fence opens a Corefile code block in README.md: ~~~ corefile or ```corefile.
 var fence = regexp.MustCompile("^(~~~|```) ?corefile$")
 
-// readmeCorefiles returns the Corefile code blocks of README.md.
+// readmeCorefiles returns the Corefile code blocks of README.md and of the
+// pages of docs/.
 func readmeCorefiles(t *testing.T) []corefile {
 	t.Helper()
-	data, err := os.ReadFile("../README.md")
+	pages, err := filepath.Glob("../docs/*.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []corefile
+	for _, page := range append([]string{"../README.md"}, pages...) {
+		out = append(out, pageCorefiles(t, page)...)
+	}
+	if len(out) == 0 {
+		t.Fatal("no corefile blocks in README.md")
+	}
+	return out
+}
+
+// pageCorefiles returns the Corefile code blocks of the Markdown file page.
+func pageCorefiles(t *testing.T, page string) []corefile {
+	t.Helper()
+	data, err := os.ReadFile(page)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,10 +67,7 @@ func readmeCorefiles(t *testing.T) []corefile {
 		for i++; i < len(ls) && strings.TrimSpace(ls[i]) != m[1]; i++ {
 			text.WriteString(strings.TrimPrefix(ls[i], indent) + "\n")
 		}
-		out = append(out, corefile{name: fmt.Sprintf("README.md:%d", start), text: text.String()})
-	}
-	if len(out) == 0 {
-		t.Fatal("no corefile blocks in README.md")
+		out = append(out, corefile{name: fmt.Sprintf("%s:%d", strings.TrimPrefix(page, "../"), start), text: text.String()})
 	}
 	return out
 }

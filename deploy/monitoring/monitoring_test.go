@@ -22,6 +22,7 @@ const (
 	rulesTestFile = "rules_test.yaml"
 	dashboardFile = "grafana-dashboard.json"
 	readmeFile    = "../../README.md"
+	monitoringDoc = "../../docs/monitoring.md"
 	dsVariable    = "DS_PROMETHEUS"
 )
 
@@ -266,10 +267,10 @@ func TestDashboard(t *testing.T) {
 	}
 }
 
-// TestREADMEMonitoring holds README's Monitoring section to the alerts, one
+// TestMonitoringDoc holds docs/monitoring.md to the alerts, one
 // line each, and to the files it points to.
-func TestREADMEMonitoring(t *testing.T) {
-	section := readmeSection(t, "## Monitoring")
+func TestMonitoringDoc(t *testing.T) {
+	section := docSection(t, monitoringDoc, "## Monitoring")
 	var listed []string
 	for _, m := range regexp.MustCompile("(?m)^\\* `([A-Za-z]+)`").FindAllStringSubmatch(section, -1) {
 		listed = append(listed, m[1])
@@ -281,11 +282,11 @@ func TestREADMEMonitoring(t *testing.T) {
 	slices.Sort(listed)
 	slices.Sort(alerts)
 	if !slices.Equal(listed, alerts) {
-		t.Errorf("README's Monitoring section lists\n%s\nalerts.yaml has\n%s", strings.Join(listed, "\n"), strings.Join(alerts, "\n"))
+		t.Errorf("docs/monitoring.md lists\n%s\nalerts.yaml has\n%s", strings.Join(listed, "\n"), strings.Join(alerts, "\n"))
 	}
 	for _, f := range []string{alertsFile, rulesTestFile, dashboardFile} {
 		if !strings.Contains(section, "deploy/monitoring/"+f) {
-			t.Errorf("README's Monitoring section does not name deploy/monitoring/%s", f)
+			t.Errorf("docs/monitoring.md does not name deploy/monitoring/%s", f)
 		}
 	}
 }
@@ -437,17 +438,18 @@ func grafanaVars(expr, other string) string {
 	})
 }
 
-// readmeSection returns README's section from heading to the next "## ".
-func readmeSection(t *testing.T, heading string) string {
+// docSection returns the section of the Markdown file from heading to the
+// next "## ".
+func docSection(t *testing.T, file, heading string) string {
 	t.Helper()
-	b, err := os.ReadFile(readmeFile)
+	b, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := string(b)
 	i := strings.Index(s, "\n"+heading+"\n")
 	if i < 0 {
-		t.Fatalf("README.md has no %q section", heading)
+		t.Fatalf("%s has no %q section", file, heading)
 	}
 	s = s[i+1:]
 	if j := strings.Index(s[1:], "\n## "); j >= 0 {
@@ -462,7 +464,7 @@ func readmeMetrics(t *testing.T) map[string][]string {
 	t.Helper()
 	known := map[string][]string{}
 	re := regexp.MustCompile("(?m)^\\* `(coredns_dotstub_[a-z_]+)(?:\\{([a-z_, ]*)\\})?`")
-	for _, m := range re.FindAllStringSubmatch(readmeSection(t, "## Metrics"), -1) {
+	for _, m := range re.FindAllStringSubmatch(docSection(t, readmeFile, "## Metrics"), -1) {
 		var labels []string
 		if m[2] != "" {
 			labels = strings.Split(strings.ReplaceAll(m[2], " ", ""), ",")
