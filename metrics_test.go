@@ -14,6 +14,7 @@ import (
 	"github.com/coredns/coredns/plugin/test"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dotstub/dotstub/plugin/dottest"
 )
@@ -116,6 +117,13 @@ func TestGaugesGoWithTheirUpstream(t *testing.T) {
 // the default registry; 0 if there is none yet.
 func counter(t *testing.T, name string, values ...string) float64 {
 	t.Helper()
+	return series(t, name, values...).GetCounter().GetValue()
+}
+
+// series returns the series of name whose labels hold values, in the default
+// registry; nil if there is none.
+func series(t *testing.T, name string, values ...string) *dto.Metric {
+	t.Helper()
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
 		t.Fatal(err)
@@ -135,10 +143,10 @@ func counter(t *testing.T, name string, values ...string) float64 {
 					continue next
 				}
 			}
-			return m.GetCounter().GetValue()
+			return m
 		}
 	}
-	return 0
+	return nil
 }
 
 // TestForwardNames: what forward records under coredns_proxy_* and in the
@@ -177,28 +185,5 @@ func TestForwardNames(t *testing.T) {
 // hold values, in the default registry; 0 if there is none.
 func sampleCount(t *testing.T, name string, values ...string) uint64 {
 	t.Helper()
-	mfs, err := prometheus.DefaultGatherer.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-		for _, m := range mf.GetMetric() {
-			held := 0
-			for _, v := range values {
-				for _, l := range m.GetLabel() {
-					if l.GetValue() == v {
-						held++
-						break
-					}
-				}
-			}
-			if held == len(values) {
-				return m.GetHistogram().GetSampleCount()
-			}
-		}
-	}
-	return 0
+	return series(t, name, values...).GetHistogram().GetSampleCount()
 }
