@@ -85,10 +85,10 @@ func (d *Dotstub) OnStartup() error {
 // OnShutdown stops the upstreams and returns when their connections and
 // goroutines are gone.
 func (d *Dotstub) OnShutdown() error {
-	inflightCollector.remove(d)
-	for _, u := range d.upstreams {
+	for _, u := range d.upstreams { // first, so that no probe or query reports on them after
 		u.Stop()
 	}
+	inflightCollector.remove(d)
 	return nil
 }
 
@@ -240,6 +240,7 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 // than read_timeout.
 func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Query, left int) (*dns.Msg, error) {
 	start := time.Now()
+	short := false // the budget is less than the upstream's patience
 	if left > 1 || d.readTimeout > 0 {
 		deadline, _ := ctx.Deadline()
 		budget := deadline.Sub(start)
@@ -249,11 +250,12 @@ func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Quer
 		if d.readTimeout > 0 {
 			budget = min(budget, d.readTimeout)
 		}
+		short = budget < u.Patience()
 		var cancel context.CancelFunc
 		ctx, cancel = context.WithDeadline(ctx, start.Add(budget))
 		defer cancel()
 	}
-	a, err := u.Exchange(ctx, q)
+	a, err := u.Exchange(ctx, q, short)
 	switch {
 	case err == nil:
 		took, rcode := time.Since(start).Seconds(), dns.RcodeToString[a.Rcode]

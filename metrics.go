@@ -66,13 +66,6 @@ var (
 		Help:      "Counter of failed health-check probes.",
 	}, []string{"to"})
 
-	healthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "upstream_healthy",
-		Help:      "Gauge of each upstream's health: 1 when it takes queries, 0 while it is marked down after max_fails failures.",
-	}, []string{"to"})
-
 	failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
@@ -178,7 +171,7 @@ func shared[C prometheus.Collector](c C) C {
 // collectors lists every collector of the plugin, for registration and for the
 // test that holds README's Metrics section to them.
 var collectors = []prometheus.Collector{
-	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures, healthy,
+	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures,
 	failovers, hedges, connQueries, resends, badAnswers, certExpiry, maxConcurrentRejects, inflightCollector,
 	pinReportOnlyMismatches, privateAnswers,
 }
@@ -305,32 +298,34 @@ func probed(to, addr string) func(error) {
 }
 
 // changed logs to being marked down, with the failure that did it, and up
-// again, once each, and keeps its health gauge.
+// again, once each. The health gauge reads the state itself, at each scrape
+// (see live).
 func changed(to string) func(bool, error) {
-	healthy.WithLabelValues(to).Set(1)
 	return func(down bool, cause error) {
 		if down {
-			healthy.WithLabelValues(to).Set(0)
 			log.Warningf("Upstream %s: marked down (%s): %v; other upstreams take its queries while it is probed", to, upstream.Reason(cause), cause)
 			return
 		}
-		healthy.WithLabelValues(to).Set(1)
 		log.Infof("Upstream %s: up again", to)
 	}
 }
 
 // inflight reports, at each scrape, the queries in flight on every upstream
-// of every running dotstub, without a cost per query.
+// of every running dotstub, its health and its learned query limit, read from
+// the state itself: without a cost per query, and never out of step with it.
 type inflight struct {
-	desc      *prometheus.Desc
-	limitDesc *prometheus.Desc
-	mu        sync.Mutex
-	live      map[*Dotstub]struct{}
+	desc        *prometheus.Desc
+	healthyDesc *prometheus.Desc
+	limitDesc   *prometheus.Desc
+	mu          sync.Mutex
+	live        map[*Dotstub]struct{}
 }
 
 var inflightCollector = &inflight{
 	desc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "inflight"),
 		"Gauge of the queries in flight to each upstream.", []string{"to"}, nil),
+	healthyDesc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "upstream_healthy"),
+		"Gauge of each upstream's health: 1 when it takes queries, 0 while it is marked down after max_fails failures.", []string{"to"}, nil),
 	limitDesc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "conn_query_limit"),
 		"Gauge of the queries the upstream answers per connection before it closes it, as learned; absent until learned.", []string{"to"}, nil),
 	live: map[*Dotstub]struct{}{},
@@ -351,7 +346,6 @@ func (c *inflight) remove(d *Dotstub) {
 	delete(c.live, d)
 	for _, u := range d.upstreams {
 		if !c.namedLocked(u.Name()) {
-			healthy.DeleteLabelValues(u.Name())
 			certExpiry.DeleteLabelValues(u.Name())
 		}
 	}
@@ -369,18 +363,25 @@ func (c *inflight) namedLocked(to string) bool {
 }
 
 // Describe implements prometheus.Collector.
-func (c *inflight) Describe(ch chan<- *prometheus.Desc) { ch <- c.desc; ch <- c.limitDesc }
+func (c *inflight) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.desc
+	ch <- c.healthyDesc
+	ch <- c.limitDesc
+}
 
 // Collect implements prometheus.Collector. Two stanzas may name the same
-// upstream: their queries in flight add up under one label, and the lower
-// of their learned limits is reported.
+// upstream: their queries in flight add up under one label, it is healthy
+// when healthy in both, and the lower of their learned limits is reported.
 func (c *inflight) Collect(ch chan<- prometheus.Metric) {
-	sum, limit := map[string]int{}, map[string]int{}
+	sum, limit, healthy := map[string]int{}, map[string]int{}, map[string]bool{}
 	c.mu.Lock()
 	for d := range c.live {
 		for _, u := range d.upstreams {
 			s := u.Stats()
 			sum[u.Name()] += s.Inflight
+			if h, ok := healthy[u.Name()]; !ok || h {
+				healthy[u.Name()] = !u.Down()
+			}
 			if l, ok := limit[u.Name()]; s.QueryLimit > 0 && (!ok || s.QueryLimit < l) {
 				limit[u.Name()] = s.QueryLimit
 			}
@@ -392,5 +393,12 @@ func (c *inflight) Collect(ch chan<- prometheus.Metric) {
 	}
 	for to, n := range limit {
 		ch <- prometheus.MustNewConstMetric(c.limitDesc, prometheus.GaugeValue, float64(n), to)
+	}
+	for to, h := range healthy {
+		v := 0.0
+		if h {
+			v = 1
+		}
+		ch <- prometheus.MustNewConstMetric(c.healthyDesc, prometheus.GaugeValue, v, to)
 	}
 }

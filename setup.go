@@ -171,6 +171,7 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 			HealthCheck: opts.healthCheck,
 			ProbeName:   opts.probeName,
 			ProbeNoRec:  opts.probeNoRec,
+			Privacy:     d.privacy,
 			Pins:        pins[i],
 			Probed:      probed(t.to, t.addr),
 			Changed:     changed(t.to),

@@ -38,6 +38,8 @@ type Config struct {
 	HealthCheck time.Duration
 	// ProbeName is the name a probe asks for, type NS; default the root.
 	ProbeName string
+	// Privacy is how probes are padded and stripped, as the queries are.
+	Privacy dot.Privacy
 	// ProbeNoRec clears the RD bit of probes (forward's health_check
 	// no_rec), for upstreams that answer probes for their own zones only.
 	ProbeNoRec bool
@@ -48,7 +50,8 @@ type Config struct {
 	// Probed, if set, is called after each health probe with its outcome.
 	Probed func(err error)
 	// Changed, if set, is called when the upstream is marked down, with the
-	// failure that did it, and when it is up again, with nil.
+	// failure that did it, and when it is up again, with nil: in the order
+	// the changes happen, one call at a time.
 	Changed func(down bool, cause error)
 }
 
@@ -68,10 +71,12 @@ type Upstream struct {
 	lat  latency
 
 	verified atomic.Bool   // a handshake has succeeded since New
-	fails    atomic.Uint32 // consecutive failures
+	fails    atomic.Uint32 // consecutive failures; written under mu when it crosses MaxFails
+	mu       sync.Mutex    // orders the changes of health and their reports (Changed)
 	trigger  chan struct{} // buffered, capacity 1: asks the prober to start
 	stop     chan struct{}
-	once     sync.Once
+	started  sync.Once
+	stopped  sync.Once
 	wg       sync.WaitGroup
 }
 
@@ -110,19 +115,23 @@ func (u *Upstream) Name() string { return u.cfg.Name }
 // Config returns the upstream's configuration.
 func (u *Upstream) Config() Config { return u.cfg }
 
-// Start warms the pool and starts the prober, if HealthCheck is set.
+// Start warms the pool and starts the prober, if HealthCheck is set. Calling
+// it again does nothing.
 func (u *Upstream) Start() {
-	u.pool.Start()
-	if u.cfg.HealthCheck > 0 {
-		u.wg.Add(1)
-		go u.prober()
-	}
+	u.started.Do(func() {
+		u.pool.Start()
+		if u.cfg.HealthCheck > 0 {
+			u.wg.Add(1)
+			go u.prober()
+		}
+	})
 }
 
-// Stop closes the pool, which ends a probe in flight at once, and stops the
-// prober. It is safe to call more than once.
+// Stop closes the pool, which ends a probe in flight at once (with no
+// verdict on the upstream), and stops the prober. It is safe to call more
+// than once.
 func (u *Upstream) Stop() {
-	u.once.Do(func() { close(u.stop) })
+	u.stopped.Do(func() { close(u.stop) })
 	u.pool.Close()
 	u.wg.Wait()
 }
@@ -132,8 +141,11 @@ func (u *Upstream) Down() bool {
 	return u.cfg.MaxFails > 0 && u.fails.Load() >= u.cfg.MaxFails
 }
 
-// Exchange sends q over the upstream's pool and records the outcome.
-func (u *Upstream) Exchange(ctx context.Context, q *dot.Query) (*dns.Msg, error) {
+// Exchange sends q over the upstream's pool and records the outcome. Short
+// says that ctx gives the upstream less than its patience (a share of the
+// query's deadline, or read_timeout): running out of it then says nothing
+// against the upstream.
+func (u *Upstream) Exchange(ctx context.Context, q *dot.Query, short bool) (*dns.Msg, error) {
 	start := time.Now()
 	a, err := u.pool.Exchange(ctx, q)
 	took := time.Since(start)
@@ -141,8 +153,13 @@ func (u *Upstream) Exchange(ctx context.Context, q *dot.Query) (*dns.Msg, error)
 	case err == nil:
 		u.lat.add(took)
 		u.ok()
-	case errors.Is(err, context.Canceled) && took < u.Patience():
-		// Given up early by the caller: no verdict.
+	case errors.Is(err, dot.ErrClosed):
+		// Shut down: no verdict.
+	case errors.Is(err, context.Canceled) && took < u.Patience(),
+		errors.Is(err, context.DeadlineExceeded) && short:
+		// Given up by the caller before the upstream's patience ran out
+		// (another upstream answered, or the query's share of the
+		// deadline was shorter): no verdict.
 	default:
 		// A failure weighs at least twice the patience in the smoothed
 		// answer time, so that an upstream that fails fast does not look
@@ -176,15 +193,19 @@ func (u *Upstream) ok() {
 	if u.fails.Load() == 0 { // the common case: no write to share between cores
 		return
 	}
+	u.mu.Lock()
+	defer u.mu.Unlock()
 	if n := u.fails.Swap(0); u.cfg.MaxFails > 0 && n >= u.cfg.MaxFails && u.cfg.Changed != nil {
 		u.cfg.Changed(false, nil)
 	}
 }
 
 func (u *Upstream) fail(err error) {
+	u.mu.Lock()
 	if n := u.fails.Add(1); n == u.cfg.MaxFails && u.cfg.Changed != nil {
 		u.cfg.Changed(true, err)
 	}
+	u.mu.Unlock()
 	select {
 	case u.trigger <- struct{}{}:
 	default: // already triggered
@@ -223,7 +244,7 @@ func (u *Upstream) Probe() error {
 	m := new(dns.Msg)
 	m.SetQuestion(u.cfg.ProbeName, dns.TypeNS)
 	m.RecursionDesired = !u.cfg.ProbeNoRec
-	q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
+	q, err := dot.NewQuery(m, u.cfg.Privacy)
 	if err != nil {
 		return err
 	}
@@ -233,12 +254,15 @@ func (u *Upstream) Probe() error {
 	u.pool.Retry()
 	start := time.Now()
 	_, err = u.pool.Exchange(ctx, q)
-	if err == nil {
+	switch {
+	case errors.Is(err, dot.ErrClosed):
+		return err // shut down: no verdict, and nothing to report
+	case err == nil:
 		if u.Down() {
 			u.lat.reset(time.Since(start))
 		}
 		u.ok()
-	} else {
+	default:
 		u.fail(err)
 	}
 	if u.cfg.Probed != nil {

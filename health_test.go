@@ -1,0 +1,133 @@
+package dotstub
+
+import (
+	"fmt"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coredns/caddy"
+	"github.com/miekg/dns"
+
+	"github.com/dotstub/dotstub/plugin/dottest"
+)
+
+// The health of an upstream and what is reported of it cannot disagree: the
+// gauge reads the state at each scrape, parsing reports nothing, a shutdown
+// is nobody's failure, and a query given less than an upstream's patience
+// says nothing against it.
+
+// healthSeries returns the upstream_healthy value for to, and whether there
+// is such a series.
+func healthSeries(t *testing.T, to string) (float64, bool) {
+	t.Helper()
+	m := series(t, "coredns_dotstub_upstream_healthy", to)
+	return m.GetGauge().GetValue(), m != nil
+}
+
+func TestParseReportsNothing(t *testing.T) {
+	to := "tls://192.0.2.77%parse.example"
+	if _, err := parse(caddy.NewTestController("dns", "dotstub . "+to)); err != nil {
+		t.Fatal(err)
+	}
+	if v, ok := healthSeries(t, to); ok {
+		t.Errorf("an upstream that was only parsed, never started, has upstream_healthy %v", v)
+	}
+}
+
+func TestHealthGaugeReadsState(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	d := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n max_fails 1\n}", upstreamFor(srv), caFile(t, srv)))
+	u := d.upstreams[0]
+	if v, ok := healthSeries(t, u.Name()); !ok || v != 1 {
+		t.Fatalf("upstream_healthy %v (series %v) for a started upstream, want 1", v, ok)
+	}
+	addr := srv.Addr
+	srv.Close()
+	if u.Probe() == nil {
+		t.Fatal("a probe of a closed upstream succeeded")
+	}
+	if v, _ := healthSeries(t, u.Name()); v != 0 || !u.Down() {
+		t.Errorf("upstream_healthy %v, down %v after a failed probe with max_fails 1", v, u.Down())
+	}
+	back, err := dottest.Start(dottest.Options{Addr: addr, CA: srv.CA, Leaf: srv.Leaf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(back.Close)
+	if err := u.Probe(); err != nil {
+		t.Fatal(err)
+	}
+	if v, _ := healthSeries(t, u.Name()); v != 1 || u.Down() {
+		t.Errorf("upstream_healthy %v, down %v after a probe answered", v, u.Down())
+	}
+}
+
+func TestShutdownIsNoFailure(t *testing.T) {
+	arrived := make(chan struct{}, 1)
+	srv := dottest.New(t, dottest.Options{Handler: func(*dns.Msg) *dns.Msg { // holds every query
+		select {
+		case arrived <- struct{}{}:
+		default:
+		}
+		return nil
+	}})
+	logs := captureLog(t)
+	d := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n max_fails 1\n health_check 10s\n}", upstreamFor(srv), caFile(t, srv)))
+	u := d.upstreams[0]
+	before := counter(t, "coredns_dotstub_healthcheck_failures_total", u.Name())
+	probed := make(chan error, 1)
+	go func() { probed <- u.Probe() }()
+	<-arrived
+	d.OnShutdown()
+	if err := <-probed; err == nil {
+		t.Fatal("the probe held by the upstream was answered")
+	}
+	if n := counter(t, "coredns_dotstub_healthcheck_failures_total", u.Name()) - before; n != 0 {
+		t.Errorf("%v health-check failures counted for a probe that the shutdown ended", n)
+	}
+	if l := logs.matching(u.Name(), "marked down"); len(l) != 0 {
+		t.Errorf("the shutdown marked the upstream down: %q", l)
+	}
+}
+
+func TestShortShareIsNoVerdict(t *testing.T) {
+	// a answers in 300ms, within its patience (500ms before its first
+	// answer), but a query with 500ms for two upstreams gives it 250ms.
+	a, b := pair(t, slow(300*time.Millisecond, answering("192.0.2.1")), nil)
+	d := newDotstub(t, twoUpstreams(t, a, b, "policy sequential", "timeout 500ms", "max_fails 1"))
+	if got, err := ask(t, d, "www.example.org"); err != nil || got != "192.0.2.2" {
+		t.Fatalf("got %q, %v; want the second upstream's answer", got, err)
+	}
+	if d.upstreams[0].Down() {
+		t.Error("an upstream given less than its patience was marked down for not answering in time")
+	}
+}
+
+func TestProbeIsPaddedAsTheBlockSays(t *testing.T) {
+	opt := make(chan bool, 1)
+	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		if q.Question[0].Qtype == dns.TypeNS {
+			opt <- q.IsEdns0() != nil
+		}
+		return dottest.Answer(q)
+	}})
+	d := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n padding off\n}", upstreamFor(srv), caFile(t, srv)))
+	if err := d.upstreams[0].Probe(); err != nil {
+		t.Fatal(err)
+	}
+	if <-opt {
+		t.Error("a probe went out with an OPT record (padding) from a block with padding off")
+	}
+}
+
+func TestStartTwiceStartsOneProber(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	d := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n}", upstreamFor(srv), caFile(t, srv)))
+	d.upstreams[0].Start() // newDotstub started it once
+	buf := make([]byte, 1<<20)
+	if n := strings.Count(string(buf[:runtime.Stack(buf, true)]), "upstream.(*Upstream).prober"); n != 1 {
+		t.Errorf("%d probers for one upstream started twice, want 1", n)
+	}
+}
