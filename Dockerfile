@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # CoreDNS with dotstub: a static binary on a distroless base, run as a non-root
-# user that may still bind port 53. See README.md, "Container image":
+# user that may still bind port 53. See docs/kubernetes.md, "Container image":
 #   docker build --build-arg VERSION=$(git describe --tags --always --dirty) \
 #     --build-arg COMMIT=$(git rev-parse --short HEAD) -t REGISTRY/coredns-dotstub:TAG .
 
@@ -21,7 +21,7 @@ RUN --mount=type=cache,target=/go/pkg/mod \
 # (no ambient capabilities), so the file carries it. The base image has no
 # setcap, hence here. BuildKit's COPY --from is expected to keep this extended
 # attribute (the CoreDNS project's own image relies on it); older builders
-# dropped it (moby/moby#38132). Not verified here: see README.md.
+# dropped it (moby/moby#38132). Not verified here: see docs/kubernetes.md.
 RUN setcap cap_net_bind_service=+ep /out/coredns
 
 FROM gcr.io/distroless/static-debian12:nonroot

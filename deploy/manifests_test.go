@@ -26,7 +26,7 @@ import (
 	"sigs.k8s.io/yaml"
 )
 
-// image is the placeholder image name the Deployments use; README.md says
+// image is the placeholder image name the Deployments use; docs/kubernetes.md says
 // that this repository does not publish it.
 const image = "ghcr.io/dotstub/coredns-dotstub:VERSION"
 

@@ -118,7 +118,7 @@ func TestStaticBuildStampsLikeMakefile(t *testing.T) {
 // approximated with setpriv(1). With the file capability the binary serves
 // the port; without it, bind is refused; with it but NET_BIND_SERVICE out of
 // the bounding set, exec itself fails. What this cannot show is that an image
-// builder keeps the capability through COPY --from; see README.md,
+// builder keeps the capability through COPY --from; see docs/kubernetes.md,
 // "Container image".
 func TestFileCapabilityBindsPrivilegedPort(t *testing.T) {
 	if os.Geteuid() != 0 {
