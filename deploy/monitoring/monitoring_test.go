@@ -44,8 +44,11 @@ var otherMetrics = map[string][]string{
 	"go_goroutines":                        nil,
 }
 
-// targetLabels are added by Prometheus to every scraped series.
-var targetLabels = []string{"job", "instance"}
+// targetLabels are added by Prometheus to every scraped series: job and
+// instance always, cluster where the scrape configuration adds it, as
+// multi-cluster setups do (where it does not, the dashboard's cluster
+// variable is empty and matches every series).
+var targetLabels = []string{"job", "instance", "cluster"}
 
 // promtool returns promtool's path. Without it the test is skipped, except in
 // CI, where `make test` installs it.
