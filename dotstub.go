@@ -140,16 +140,16 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	}
 	defer q.Release()
 
-	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	qctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	a, u, err := d.resolve(ctx, q, tries)
+	a, u, err := d.resolve(qctx, q, tries)
 	if metadata.ValueFuncs(ctx) != nil { // the metadata plugin is on
 		metadata.SetValueFunc(ctx, metadataUpstream, d.addrs[u])
 	}
 	if a == nil {
 		return dns.RcodeServerFailure, err
 	}
-	if d.passOn(a) {
+	if d.passOn(a) { // with the client's context: the next stanza has its own timeout
 		return plugin.NextOrFailure(d.Name(), d.Next, ctx, w, r)
 	}
 	w.WriteMsg(a)
