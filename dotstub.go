@@ -78,7 +78,7 @@ func (d *Dotstub) OnStartup() error {
 	for _, u := range d.upstreams {
 		u.Start()
 	}
-	inflightCollector.add(d)
+	liveUpstreams.add(d)
 	return nil
 }
 
@@ -88,7 +88,7 @@ func (d *Dotstub) OnShutdown() error {
 	for _, u := range d.upstreams { // first, so that no probe or query reports on them after
 		u.Stop()
 	}
-	inflightCollector.remove(d)
+	liveUpstreams.remove(d)
 	return nil
 }
 

@@ -162,46 +162,46 @@ func shared[C prometheus.Collector](c C) C {
 // test that holds README's Metrics section to them.
 var collectors = []prometheus.Collector{
 	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures,
-	failovers, hedges, connQueries, resends, badAnswers, certExpiry, maxConcurrentRejects, inflightCollector,
+	failovers, hedges, connQueries, resends, badAnswers, certExpiry, maxConcurrentRejects, liveUpstreams,
 	pinReportOnlyMismatches, privateAnswers,
 }
 
 func init() { prometheus.MustRegister(collectors...) }
 
-// inflight reports, at each scrape, the queries in flight on every upstream
+// live reports, at each scrape, the queries in flight on every upstream
 // of every running dotstub, its health and its learned query limit, read from
 // the state itself: without a cost per query, and never out of step with it.
-type inflight struct {
+type live struct {
 	desc        *prometheus.Desc
 	healthyDesc *prometheus.Desc
 	limitDesc   *prometheus.Desc
 	mu          sync.Mutex
-	live        map[*Dotstub]struct{}
+	running     map[*Dotstub]struct{}
 }
 
-var inflightCollector = &inflight{
+var liveUpstreams = &live{
 	desc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "inflight"),
 		"Gauge of the queries in flight to each upstream.", []string{"to"}, nil),
 	healthyDesc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "upstream_healthy"),
 		"Gauge of each upstream's health: 1 when it takes queries, 0 while it is marked down after max_fails failures.", []string{"to"}, nil),
 	limitDesc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "conn_query_limit"),
 		"Gauge of the queries the upstream answers per connection before it closes it, as learned; absent until learned.", []string{"to"}, nil),
-	live: map[*Dotstub]struct{}{},
+	running: map[*Dotstub]struct{}{},
 }
 
-func (c *inflight) add(d *Dotstub) {
+func (c *live) add(d *Dotstub) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.live[d] = struct{}{}
+	c.running[d] = struct{}{}
 }
 
 // remove forgets d and drops the gauges of its upstreams that no running
 // dotstub names any more, so that an upstream a reload took out does not stay
 // "down" or "expiring" on dashboards and alerts.
-func (c *inflight) remove(d *Dotstub) {
+func (c *live) remove(d *Dotstub) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	delete(c.live, d)
+	delete(c.running, d)
 	for _, u := range d.upstreams {
 		if !c.namedLocked(u.Name()) {
 			certExpiry.DeleteLabelValues(u.Name())
@@ -209,8 +209,8 @@ func (c *inflight) remove(d *Dotstub) {
 	}
 }
 
-func (c *inflight) namedLocked(to string) bool {
-	for d := range c.live {
+func (c *live) namedLocked(to string) bool {
+	for d := range c.running {
 		for _, u := range d.upstreams {
 			if u.Name() == to {
 				return true
@@ -221,7 +221,7 @@ func (c *inflight) namedLocked(to string) bool {
 }
 
 // Describe implements prometheus.Collector.
-func (c *inflight) Describe(ch chan<- *prometheus.Desc) {
+func (c *live) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.desc
 	ch <- c.healthyDesc
 	ch <- c.limitDesc
@@ -230,10 +230,10 @@ func (c *inflight) Describe(ch chan<- *prometheus.Desc) {
 // Collect implements prometheus.Collector. Two stanzas may name the same
 // upstream: their queries in flight add up under one label, it is healthy
 // when healthy in both, and the lower of their learned limits is reported.
-func (c *inflight) Collect(ch chan<- prometheus.Metric) {
+func (c *live) Collect(ch chan<- prometheus.Metric) {
 	sum, limit, healthy := map[string]int{}, map[string]int{}, map[string]bool{}
 	c.mu.Lock()
-	for d := range c.live {
+	for d := range c.running {
 		for _, u := range d.upstreams {
 			s := u.Stats()
 			sum[u.Name()] += s.Inflight
