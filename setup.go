@@ -5,6 +5,7 @@ import (
 	"math"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -380,20 +381,14 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		}
 		d.failfast = true
 	case "failover":
-		args := c.RemainingArgs()
-		if len(args) == 0 {
-			return argErr(c, opt)
+		rcodes, err := parseRcodes(c)
+		if err != nil {
+			return err
 		}
-		for _, a := range args {
-			rc, ok := dns.StringToRcode[strings.ToUpper(a)]
-			if !ok {
-				return c.Errf("failover: %q is not an RCODE", a)
-			}
-			if rc == dns.RcodeSuccess {
-				return c.Errf("failover: NOERROR is an answer, not a failure")
-			}
-			d.failoverRcodes = append(d.failoverRcodes, rc)
+		if slices.Contains(rcodes, dns.RcodeSuccess) {
+			return c.Errf("failover: NOERROR is an answer, not a failure")
 		}
+		d.failoverRcodes = append(d.failoverRcodes, rcodes...)
 	case "hedge":
 		var v string
 		if !c.Args(&v) || c.NextArg() {
@@ -474,26 +469,35 @@ func parseHealthCheck(c *caddy.Controller, o *options) error {
 
 // parseNext reads next RCODE... and next_on_nodata.
 func parseNext(c *caddy.Controller, d *Dotstub) error {
-	opt := c.Val()
-	args := c.RemainingArgs()
-	if opt == "next_on_nodata" {
-		if len(args) != 0 {
+	if opt := c.Val(); opt == "next_on_nodata" {
+		if c.NextArg() {
 			return argErr(c, opt)
 		}
 		d.nextOnNodata = true
 		return nil
 	}
+	rcodes, err := parseRcodes(c)
+	d.nextRcodes = append(d.nextRcodes, rcodes...)
+	return err
+}
+
+// parseRcodes reads the arguments of the current option, one or more
+// RCODEs by name (SERVFAIL, nxdomain, ...).
+func parseRcodes(c *caddy.Controller) ([]int, error) {
+	opt := c.Val()
+	args := c.RemainingArgs()
 	if len(args) == 0 {
-		return argErr(c, opt)
+		return nil, argErr(c, opt)
 	}
-	for _, a := range args {
+	rcodes := make([]int, len(args))
+	for i, a := range args {
 		rc, ok := dns.StringToRcode[strings.ToUpper(a)]
 		if !ok {
-			return c.Errf("next: %q is not an RCODE", a)
+			return nil, c.Errf("%s: %q is not an RCODE", opt, a)
 		}
-		d.nextRcodes = append(d.nextRcodes, rc)
+		rcodes[i] = rc
 	}
-	return nil
+	return rcodes, nil
 }
 
 // argErr is c.ArgErr naming the option or argument: after surplus arguments,
