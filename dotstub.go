@@ -16,6 +16,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
 	"github.com/coredns/coredns/plugin/metadata"
 	"github.com/coredns/coredns/plugin/metrics"
@@ -47,7 +48,9 @@ type Dotstub struct {
 	ignored   []string // zones under from sent to Next instead (except)
 	private   bool     // answer private names here (private.go); private_names off, or a FROM within one, clears it
 	upstreams []*upstream.Upstream
-	addrs     map[*upstream.Upstream]metadata.Func // each upstream's address, for the metadata plugin
+	series    map[*upstream.Upstream]*series // what each upstream reports in this block
+	cfg       *dnsserver.Config              // the block, named in every series (see block)
+	keys      []string                       // its keys, for the zones
 	policy    upstream.Policy
 
 	timeout        time.Duration // for one client query, all attempts included; default 2s
@@ -75,7 +78,9 @@ func (d *Dotstub) Name() string { return pluginName }
 
 // OnStartup starts the upstreams: their pools dial in the background.
 func (d *Dotstub) OnStartup() error {
+	b := blockOf(d.cfg, d.keys)
 	for _, u := range d.upstreams {
+		d.series[u].start(b)
 		u.Start()
 	}
 	liveUpstreams.add(d)
@@ -144,7 +149,7 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	defer cancel()
 	a, u, err := d.resolve(qctx, q, tries)
 	if metadata.ValueFuncs(ctx) != nil { // the metadata plugin is on
-		metadata.SetValueFunc(ctx, metadataUpstream, d.addrs[u])
+		metadata.SetValueFunc(ctx, metadataUpstream, d.series[u].address)
 	}
 	if a == nil {
 		return dns.RcodeServerFailure, err
@@ -215,7 +220,7 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 		}
 		if uerr == nil && i < len(tries)-1 && slices.Contains(d.failoverRcodes, a.Rcode) {
 			kept, keptU = a, u
-			failovers.WithLabelValues(u.Name()).Inc()
+			d.series[u].failover()
 			continue
 		}
 		if uerr == nil {
@@ -226,7 +231,7 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 			break
 		}
 		if i < len(tries)-1 {
-			failovers.WithLabelValues(u.Name()).Inc()
+			d.series[u].failover()
 		}
 	}
 	if kept != nil {
@@ -258,11 +263,9 @@ func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Quer
 	a, err := u.Exchange(ctx, q, short)
 	switch {
 	case err == nil:
-		took, rcode := time.Since(start).Seconds(), dns.RcodeToString[a.Rcode]
-		requestDuration.WithLabelValues(metrics.WithServer(ctx), u.Name(), rcode).Observe(took)
-		proxyRequestDuration.WithLabelValues(pluginName, u.Config().Pool.Addr, rcode).Observe(took)
+		d.series[u].answered(a.Rcode, time.Since(start))
 	case !errors.Is(err, context.Canceled): // cancelled: another upstream answered first
-		upstreamErrors.WithLabelValues(u.Name(), upstream.Reason(err)).Inc()
+		d.series[u].failed(err)
 	}
 	return a, err
 }

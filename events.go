@@ -3,7 +3,6 @@ package dotstub
 import (
 	"crypto/tls"
 	"errors"
-	"strconv"
 	"sync"
 	"time"
 
@@ -26,10 +25,11 @@ const logEvery = time.Minute
 // logged, once.
 const expiryWarning = 14 * 24 * time.Hour
 
-// poolEvents turns the events of to's pool into metrics and log lines. A dial
-// failure is logged when its reason differs from the last one logged, and
-// otherwise at most once per logEvery; a recovery is logged once.
-func poolEvents(to string) dot.Events {
+// poolEvents turns the events of an upstream's pool into s's metrics and log
+// lines. A dial failure is logged when its reason differs from the last one
+// logged, and otherwise at most once per logEvery; a recovery is logged once.
+func poolEvents(s *series) dot.Events {
+	to := s.to
 	var (
 		mu        sync.Mutex // guards the fields below
 		last      string     // reason last logged; "" when healthy
@@ -40,14 +40,21 @@ func poolEvents(to string) dot.Events {
 	return dot.Events{
 		Dialed: func(err error, st *tls.ConnectionState) {
 			reason := upstream.Reason(err)
-			dials.WithLabelValues(to, reason).Inc()
 			var expires time.Time
-			if err == nil {
-				conns.WithLabelValues(to).Inc()
-				handshakes.WithLabelValues(to, strconv.FormatBool(st.DidResume)).Inc()
-				if len(st.PeerCertificates) > 0 {
-					expires = st.PeerCertificates[0].NotAfter
-					certExpiry.WithLabelValues(to).Set(float64(expires.Unix()))
+			if err == nil && len(st.PeerCertificates) > 0 {
+				expires = st.PeerCertificates[0].NotAfter
+			}
+			if c := s.m.Load(); c != nil {
+				c.dials.WithLabelValues(reason).Inc()
+				switch {
+				case err != nil:
+				case st.DidResume:
+					c.resumed.Inc()
+				default:
+					c.fresh.Inc()
+				}
+				if !expires.IsZero() {
+					c.certExpiry.Set(float64(expires.Unix()))
 				}
 			}
 			mu.Lock()
@@ -67,11 +74,20 @@ func poolEvents(to string) dot.Events {
 			}
 		},
 		Closed: func(_ error, answered int) {
-			conns.WithLabelValues(to).Dec()
-			connQueries.WithLabelValues(to).Observe(float64(answered))
+			if c := s.m.Load(); c != nil {
+				c.connAnswers.Observe(float64(answered))
+			}
 		},
-		Resent: func() { resends.WithLabelValues(to).Inc() },
-		Bad:    func(reason dot.BadReason) { badAnswers.WithLabelValues(to, string(reason)).Inc() },
+		Resent: func() {
+			if c := s.m.Load(); c != nil {
+				c.resends.Inc()
+			}
+		},
+		Bad: func(reason dot.BadReason) {
+			if c := s.m.Load(); c != nil {
+				c.bad.WithLabelValues(string(reason)).Inc()
+			}
+		},
 		Untrusted: func() {
 			mu.Lock()
 			defer mu.Unlock()
@@ -98,17 +114,20 @@ func poolEvents(to string) dot.Events {
 // pinMismatchReported.
 const maxLoggedLeaves = 16
 
-// pinMismatchReported counts the handshakes of to whose verified chain matched
+// pinMismatchReported counts in s the handshakes whose verified chain matched
 // no pin, let through by pin_report_only, and logs each leaf pin once with
 // logf: a server key that every reconnect meets is one line, not one per
 // connection, and a new key (a rotation) is a new line.
-func pinMismatchReported(to string, logf func(format string, args ...any)) func(error) {
+func pinMismatchReported(s *series, logf func(format string, args ...any)) func(error) {
+	to := s.to
 	var (
 		mu     sync.Mutex // guards logged
 		logged = map[pin.Pin]bool{}
 	)
 	return func(err error) {
-		pinReportOnlyMismatches.WithLabelValues(to).Inc()
+		if c := s.m.Load(); c != nil {
+			c.pinMismatches.Inc()
+		}
 		var leaf pin.Pin
 		if me := (*pin.MismatchError)(nil); errors.As(err, &me) {
 			leaf = me.Leaf
@@ -124,16 +143,6 @@ func pinMismatchReported(to string, logf func(format string, args ...any)) func(
 		default:
 			logged[leaf] = true
 			logf("Upstream %s: %v; connection used anyway (pin_report_only)", to, err)
-		}
-	}
-}
-
-// probed counts failed health probes of to, at addr.
-func probed(to, addr string) func(error) {
-	return func(err error) {
-		if err != nil {
-			healthcheckFailures.WithLabelValues(to).Inc()
-			proxyHealthcheckFailures.WithLabelValues(pluginName, addr).Inc()
 		}
 	}
 }

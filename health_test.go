@@ -22,7 +22,7 @@ import (
 // is such a series.
 func healthSeries(t *testing.T, to string) (float64, bool) {
 	t.Helper()
-	m := series(t, "coredns_dotstub_upstream_healthy", to)
+	m := seriesOf(t, "coredns_dotstub_upstream_healthy", to)
 	return m.GetGauge().GetValue(), m != nil
 }
 

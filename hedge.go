@@ -101,14 +101,14 @@ func (d *Dotstub) hedged(ctx context.Context, q *dot.Query, first, second *upstr
 	if err == nil {
 		cancel2()
 		<-h.done // q must outlive every exchange that uses it
-		hedges.WithLabelValues(second.Name(), "lost").Inc()
+		d.series[second].hedged(false)
 		return a, first, true, nil
 	}
 	<-h.done
 	if h.err == nil {
-		hedges.WithLabelValues(second.Name(), "won").Inc()
+		d.series[second].hedged(true)
 		return h.a, second, true, nil
 	}
-	hedges.WithLabelValues(second.Name(), "lost").Inc()
+	d.series[second].hedged(false)
 	return nil, second, true, h.err
 }

@@ -2,6 +2,7 @@ package dotstub
 
 import (
 	"errors"
+	"slices"
 	"sync"
 
 	"github.com/coredns/coredns/plugin"
@@ -9,9 +10,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// Every metric of the plugin. Labels: server (the CoreDNS server block), to
-// (an upstream as configured), rcode, result and reason (the closed set of
-// upstream.Reason).
+// Every metric of the plugin. Per-upstream series carry the block's labels
+// (see block) and to, the upstream as configured, then rcode, result, reason
+// (the closed set of upstream.Reason), resumed or outcome.
 var (
 	requestDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: plugin.Namespace,
@@ -19,56 +20,49 @@ var (
 		Name:      "request_duration_seconds",
 		Buckets:   plugin.TimeBuckets,
 		Help:      "Histogram of the time each answered upstream exchange took, by answer rcode.",
-	}, []string{"server", "to", "rcode"})
+	}, perUpstream("rcode"))
 
 	upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "upstream_errors_total",
 		Help:      "Counter of upstream exchanges that brought no usable answer, by reason.",
-	}, []string{"to", "reason"})
+	}, perUpstream("reason"))
 
 	dials = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "dials_total",
 		Help:      "Counter of connection attempts (TCP connect and TLS handshake), by result.",
-	}, []string{"to", "result"})
+	}, perUpstream("result"))
 
 	handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "handshakes_total",
 		Help:      "Counter of completed TLS handshakes, by whether they resumed a session.",
-	}, []string{"to", "resumed"})
-
-	conns = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: plugin.Namespace,
-		Subsystem: pluginName,
-		Name:      "conns",
-		Help:      "Gauge of open, verified connections to each upstream.",
-	}, []string{"to"})
+	}, perUpstream("resumed"))
 
 	healthcheckFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "healthcheck_failures_total",
 		Help:      "Counter of failed health-check probes.",
-	}, []string{"to"})
+	}, perUpstream())
 
 	failovers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "failovers_total",
 		Help:      "Counter of queries that the upstream did not answer (or answered with a failover RCODE), so that the next one was asked.",
-	}, []string{"to"})
+	}, perUpstream())
 
 	hedges = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "hedges_total",
 		Help:      "Counter of hedged queries sent to the upstream, by outcome: won (its answer was used) or lost.",
-	}, []string{"to", "outcome"})
+	}, perUpstream("outcome"))
 
 	connQueries = prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Namespace: plugin.Namespace,
@@ -76,28 +70,28 @@ var (
 		Name:      "conn_answers",
 		Buckets:   []float64{0, 1, 10, 100, 1000, 10000, 100000, 1000000},
 		Help:      "Histogram of the answers each upstream connection carried, observed when it closes.",
-	}, []string{"to"})
+	}, perUpstream())
 
 	resends = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "resends_total",
 		Help:      "Counter of queries sent again to the same upstream after the connection carrying them died or brought a bad answer.",
-	}, []string{"to"})
+	}, perUpstream())
 
 	badAnswers = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "bad_answers_total",
 		Help:      "Counter of answers from the upstream dropped as bad, by reason: malformed, wrong_id or wrong_question.",
-	}, []string{"to", "reason"})
+	}, perUpstream("reason"))
 
 	certExpiry = prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Namespace: plugin.Namespace,
 		Subsystem: pluginName,
 		Name:      "cert_expiry_timestamp_seconds",
 		Help:      "Gauge of when the certificate the upstream presented at its last handshake expires, in seconds since the Unix epoch.",
-	}, []string{"to"})
+	}, perUpstream())
 
 	maxConcurrentRejects = prometheus.NewCounter(prometheus.CounterOpts{
 		Namespace: plugin.Namespace,
@@ -118,7 +112,7 @@ var (
 		Subsystem: pluginName,
 		Name:      "pin_report_only_mismatches_total",
 		Help:      "Counter of handshakes whose verified chain matched no pin, the connection used anyway because of pin_report_only.",
-	}, []string{"to"})
+	}, perUpstream())
 )
 
 // What forward records, under forward's names, shared with it: CoreDNS's
@@ -161,31 +155,40 @@ func shared[C prometheus.Collector](c C) C {
 // collectors lists every collector of the plugin, for registration and for the
 // test that holds README's Metrics section to them.
 var collectors = []prometheus.Collector{
-	requestDuration, upstreamErrors, dials, handshakes, conns, healthcheckFailures,
+	requestDuration, upstreamErrors, dials, handshakes, healthcheckFailures,
 	failovers, hedges, connQueries, resends, badAnswers, certExpiry, maxConcurrentRejects, liveUpstreams,
 	pinReportOnlyMismatches, privateAnswers,
 }
 
 func init() { prometheus.MustRegister(collectors...) }
 
-// live reports, at each scrape, the queries in flight on every upstream
-// of every running dotstub, its health and its learned query limit, read from
-// the state itself: without a cost per query, and never out of step with it.
+// perUpstream returns the labels of a per-upstream series: the block's, to,
+// then more.
+func perUpstream(more ...string) []string {
+	return append([]string{"server", "zones", "view", "to"}, more...)
+}
+
+// live reports, at each scrape, the connections and queries in flight of
+// every upstream of every running dotstub, its health and its learned query
+// limit, read from the state itself: without a cost per query, and never out
+// of step with it.
 type live struct {
-	desc        *prometheus.Desc
-	healthyDesc *prometheus.Desc
-	limitDesc   *prometheus.Desc
-	mu          sync.Mutex
-	running     map[*Dotstub]struct{}
+	descs   [4]*prometheus.Desc // conns, inflight, upstream_healthy, conn_query_limit
+	mu      sync.Mutex
+	running map[*Dotstub]struct{}
 }
 
 var liveUpstreams = &live{
-	desc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "inflight"),
-		"Gauge of the queries in flight to each upstream.", []string{"to"}, nil),
-	healthyDesc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "upstream_healthy"),
-		"Gauge of each upstream's health: 1 when it takes queries, 0 while it is marked down after max_fails failures.", []string{"to"}, nil),
-	limitDesc: prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "conn_query_limit"),
-		"Gauge of the queries the upstream answers per connection before it closes it, as learned; absent until learned.", []string{"to"}, nil),
+	descs: [4]*prometheus.Desc{
+		prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "conns"),
+			"Gauge of open, verified connections to each upstream.", perUpstream(), nil),
+		prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "inflight"),
+			"Gauge of the queries in flight to each upstream.", perUpstream(), nil),
+		prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "upstream_healthy"),
+			"Gauge of each upstream's health: 1 when it takes queries, 0 while it is marked down after max_fails failures.", perUpstream(), nil),
+		prometheus.NewDesc(prometheus.BuildFQName(plugin.Namespace, pluginName, "conn_query_limit"),
+			"Gauge of the queries the upstream answers per connection before it closes it, as learned; absent until learned.", perUpstream(), nil),
+	},
 	running: map[*Dotstub]struct{}{},
 }
 
@@ -195,24 +198,26 @@ func (c *live) add(d *Dotstub) {
 	c.running[d] = struct{}{}
 }
 
-// remove forgets d and drops the gauges of its upstreams that no running
-// dotstub names any more, so that an upstream a reload took out does not stay
-// "down" or "expiring" on dashboards and alerts.
+// remove forgets d, whose upstreams have stopped, ends the reports of its
+// series, and drops the expiry gauges that no running dotstub reports any
+// more, so that an upstream a reload took out does not stay "expiring" on
+// dashboards and alerts.
 func (c *live) remove(d *Dotstub) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	delete(c.running, d)
 	for _, u := range d.upstreams {
-		if !c.namedLocked(u.Name()) {
-			certExpiry.DeleteLabelValues(u.Name())
+		lv := d.series[u].stop()
+		if lv != nil && !c.reportedLocked(lv) {
+			certExpiry.DeleteLabelValues(lv...)
 		}
 	}
 }
 
-func (c *live) namedLocked(to string) bool {
+func (c *live) reportedLocked(lv []string) bool {
 	for d := range c.running {
-		for _, u := range d.upstreams {
-			if u.Name() == to {
+		for _, s := range d.series {
+			if ch := s.m.Load(); ch != nil && slices.Equal(ch.labels, lv) {
 				return true
 			}
 		}
@@ -222,41 +227,60 @@ func (c *live) namedLocked(to string) bool {
 
 // Describe implements prometheus.Collector.
 func (c *live) Describe(ch chan<- *prometheus.Desc) {
-	ch <- c.desc
-	ch <- c.healthyDesc
-	ch <- c.limitDesc
+	for _, d := range c.descs {
+		ch <- d
+	}
 }
 
-// Collect implements prometheus.Collector. Two stanzas may name the same
-// upstream: their queries in flight add up under one label, it is healthy
-// when healthy in both, and the lower of their learned limits is reported.
+// liveKey is the labels of a series of live.
+type liveKey struct{ server, zones, view, to string }
+
+// liveFigures are what live reports under one liveKey.
+type liveFigures struct {
+	conns, inflight, limit int
+	down                   bool
+}
+
+// Collect implements prometheus.Collector. During a reload the old and the
+// new instance of a block run side by side: their connections and queries in
+// flight add up under one label set, it is healthy when healthy in both, and
+// the lower of their learned limits is reported.
 func (c *live) Collect(ch chan<- prometheus.Metric) {
-	sum, limit, healthy := map[string]int{}, map[string]int{}, map[string]bool{}
+	figures := map[liveKey]*liveFigures{}
 	c.mu.Lock()
 	for d := range c.running {
 		for _, u := range d.upstreams {
-			s := u.Stats()
-			sum[u.Name()] += s.Inflight
-			if h, ok := healthy[u.Name()]; !ok || h {
-				healthy[u.Name()] = !u.Down()
+			lv := d.series[u].m.Load()
+			if lv == nil {
+				continue
 			}
-			if l, ok := limit[u.Name()]; s.QueryLimit > 0 && (!ok || s.QueryLimit < l) {
-				limit[u.Name()] = s.QueryLimit
+			k := liveKey{lv.labels[0], lv.labels[1], lv.labels[2], lv.labels[3]}
+			f := figures[k]
+			if f == nil {
+				f = &liveFigures{}
+				figures[k] = f
+			}
+			s := u.Stats()
+			f.conns += s.Conns
+			f.inflight += s.Inflight
+			f.down = f.down || u.Down()
+			if s.QueryLimit > 0 && (f.limit == 0 || s.QueryLimit < f.limit) {
+				f.limit = s.QueryLimit
 			}
 		}
 	}
 	c.mu.Unlock()
-	for to, n := range sum {
-		ch <- prometheus.MustNewConstMetric(c.desc, prometheus.GaugeValue, float64(n), to)
-	}
-	for to, n := range limit {
-		ch <- prometheus.MustNewConstMetric(c.limitDesc, prometheus.GaugeValue, float64(n), to)
-	}
-	for to, h := range healthy {
-		v := 0.0
-		if h {
-			v = 1
+	for k, f := range figures {
+		lv := []string{k.server, k.zones, k.view, k.to}
+		healthy := 1.0
+		if f.down {
+			healthy = 0
 		}
-		ch <- prometheus.MustNewConstMetric(c.healthyDesc, prometheus.GaugeValue, v, to)
+		ch <- prometheus.MustNewConstMetric(c.descs[0], prometheus.GaugeValue, float64(f.conns), lv...)
+		ch <- prometheus.MustNewConstMetric(c.descs[1], prometheus.GaugeValue, float64(f.inflight), lv...)
+		ch <- prometheus.MustNewConstMetric(c.descs[2], prometheus.GaugeValue, healthy, lv...)
+		if f.limit > 0 {
+			ch <- prometheus.MustNewConstMetric(c.descs[3], prometheus.GaugeValue, float64(f.limit), lv...)
+		}
 	}
 }

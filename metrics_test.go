@@ -117,12 +117,12 @@ func TestGaugesGoWithTheirUpstream(t *testing.T) {
 // the default registry; 0 if there is none yet.
 func counter(t *testing.T, name string, values ...string) float64 {
 	t.Helper()
-	return series(t, name, values...).GetCounter().GetValue()
+	return seriesOf(t, name, values...).GetCounter().GetValue()
 }
 
-// series returns the series of name whose labels hold values, in the default
+// seriesOf returns the series of name whose labels hold values, in the default
 // registry; nil if there is none.
-func series(t *testing.T, name string, values ...string) *dto.Metric {
+func seriesOf(t *testing.T, name string, values ...string) *dto.Metric {
 	t.Helper()
 	mfs, err := prometheus.DefaultGatherer.Gather()
 	if err != nil {
@@ -185,5 +185,5 @@ func TestForwardNames(t *testing.T) {
 // hold values, in the default registry; 0 if there is none.
 func sampleCount(t *testing.T, name string, values ...string) uint64 {
 	t.Helper()
-	return series(t, name, values...).GetHistogram().GetSampleCount()
+	return seriesOf(t, name, values...).GetHistogram().GetSampleCount()
 }

@@ -263,7 +263,10 @@ func TestPinMismatchReportedBounded(t *testing.T) {
 	logf := func(format string, args ...any) { lines = append(lines, fmt.Sprintf(format, args...)) }
 	to := "tls://192.0.2.1%" + t.Name()
 	before := counterSum(t, reportOnlyMetric, to)
-	report := pinMismatchReported(to, logf)
+	s := newSeries(to, "192.0.2.1:853")
+	s.start(block{server: "dns://:53", zones: "."})
+	defer s.stop()
+	report := pinMismatchReported(s, logf)
 	for i := range maxLoggedLeaves + 5 {
 		for range 3 {
 			report(&pin.MismatchError{Leaf: pin.Pin{byte(i), 1}})

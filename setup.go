@@ -13,7 +13,6 @@ import (
 	"github.com/coredns/caddy"
 	"github.com/coredns/coredns/core/dnsserver"
 	"github.com/coredns/coredns/plugin"
-	"github.com/coredns/coredns/plugin/metadata"
 	pkgtls "github.com/coredns/coredns/plugin/pkg/tls"
 	"github.com/miekg/dns"
 
@@ -160,12 +159,18 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 	if opts.healthCheck == 0 { // no health checks: never skip an upstream
 		opts.maxFails = 0
 	}
-	tlsConfigs, pins, err := opts.tlsConfigs()
+	ss := make([]*series, len(opts.to))
+	for i, t := range opts.to {
+		ss[i] = newSeries(t.to, t.addr)
+	}
+	tlsConfigs, pins, err := opts.tlsConfigs(ss)
 	if err != nil {
 		return nil, err
 	}
-	d.addrs = make(map[*upstream.Upstream]metadata.Func, len(opts.to))
+	d.cfg, d.keys = dnsserver.GetConfig(c), c.ServerBlockKeys
+	d.series = make(map[*upstream.Upstream]*series, len(opts.to))
 	for i, t := range opts.to {
+		s := ss[i]
 		u := upstream.New(upstream.Config{
 			Name:        t.to,
 			MaxFails:    opts.maxFails,
@@ -174,7 +179,7 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 			ProbeNoRec:  opts.probeNoRec,
 			Privacy:     d.privacy,
 			Pins:        pins[i],
-			Probed:      probed(t.to, t.addr),
+			Probed:      s.probed,
 			Changed:     changed(t.to),
 			Pool: dot.Config{
 				Addr:         t.addr,
@@ -186,11 +191,11 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 				MaxAge:       opts.maxAge,
 				MaxIdleConns: opts.maxIdle,
 				LocalAddr:    opts.source,
-				Events:       poolEvents(t.to),
+				Events:       poolEvents(s),
 			},
 		})
 		d.upstreams = append(d.upstreams, u)
-		d.addrs[u] = func() string { return t.addr }
+		d.series[u] = s
 	}
 	return d, nil
 }

@@ -60,13 +60,13 @@ type wantID struct {
 	ca   *dottest.CA   // the CA its RootCAs holds; nil: no RootCAs
 }
 
-// block returns a stanza for . and 192.0.2.1 whose block holds lines, the
+// stanza returns a stanza for . and 192.0.2.1 whose block holds lines, the
 // first on line 2.
-func block(lines ...string) string {
+func stanza(lines ...string) string {
 	return "dotstub . 192.0.2.1 {\n" + strings.Join(lines, "\n") + "\n}"
 }
 
-// one is the upstream of block.
+// one is the upstream of stanza.
 var one = []string{"192.0.2.1:853 192.0.2.1"}
 
 func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
@@ -170,46 +170,46 @@ func parseTests(tb testing.TB) []parseTest {
 		{name: "error in second stanza", input: "dotstub . 192.0.2.1\ndotstub example.org dns://192.0.2.2", wantErr: `TO: "dns://192.0.2.2"`, line: 2},
 
 		// except
-		{name: "except", input: block("except Example.ORG example.net", "except 10.0.0.0/15"), upstreams: one,
+		{name: "except", input: stanza("except Example.ORG example.net", "except 10.0.0.0/15"), upstreams: one,
 			ignored: []string{"example.org.", "example.net.", "0.10.in-addr.arpa.", "1.10.in-addr.arpa."}},
-		{name: "except without args", input: block("except"), wantErr: "except: wrong argument count", line: 2},
-		{name: "except not a name", input: block("except example..org"), wantErr: `except: "example..org" is not a domain name`, line: 2},
+		{name: "except without args", input: stanza("except"), wantErr: "except: wrong argument count", line: 2},
+		{name: "except not a name", input: stanza("except example..org"), wantErr: `except: "example..org" is not a domain name`, line: 2},
 
 		// tls
-		{name: "tls system roots", input: block("tls"), upstreams: one},
-		{name: "tls CA", input: block("tls " + caFile), upstreams: one, rootCAs: true},
-		{name: "tls client cert", input: block("tls " + certFile + " " + keyFile), upstreams: one, clientCert: true},
-		{name: "tls client cert and CA", input: block("tls " + certFile + " " + keyFile + " " + caFile), upstreams: one, rootCAs: true, clientCert: true},
-		{name: "tls 4 args", input: block("tls " + certFile + " " + keyFile + " " + caFile + " " + caFile), wantErr: "tls: wrong argument count", line: 2},
-		{name: "tls missing CA file", input: block("tls " + missing), wantErr: "tls: error reading " + missing, line: 2},
-		{name: "tls CA not PEM", input: block("tls " + notPEM), wantErr: "tls: could not read root certs", line: 2},
-		{name: "tls key missing", input: block("tls " + certFile + " " + missing), wantErr: "tls: could not load TLS cert", line: 2},
+		{name: "tls system roots", input: stanza("tls"), upstreams: one},
+		{name: "tls CA", input: stanza("tls " + caFile), upstreams: one, rootCAs: true},
+		{name: "tls client cert", input: stanza("tls " + certFile + " " + keyFile), upstreams: one, clientCert: true},
+		{name: "tls client cert and CA", input: stanza("tls " + certFile + " " + keyFile + " " + caFile), upstreams: one, rootCAs: true, clientCert: true},
+		{name: "tls 4 args", input: stanza("tls " + certFile + " " + keyFile + " " + caFile + " " + caFile), wantErr: "tls: wrong argument count", line: 2},
+		{name: "tls missing CA file", input: stanza("tls " + missing), wantErr: "tls: error reading " + missing, line: 2},
+		{name: "tls CA not PEM", input: stanza("tls " + notPEM), wantErr: "tls: could not read root certs", line: 2},
+		{name: "tls key missing", input: stanza("tls " + certFile + " " + missing), wantErr: "tls: could not load TLS cert", line: 2},
 
 		// tls_servername
 		{name: "tls_servername", input: "dotstub . 192.0.2.1 2001:db8::1 {\ntls_servername dns.example.\n}",
 			upstreams: []string{"192.0.2.1:853 dns.example", "[2001:db8::1]:853 dns.example"}},
-		{name: "tls_servername without arg", input: block("tls_servername"), wantErr: "tls_servername: wrong argument count", line: 2},
-		{name: "tls_servername 2 args", input: block("tls_servername a.example b.example"), wantErr: "tls_servername: wrong argument count", line: 2},
-		{name: "tls_servername not a name", input: block("tls_servername dns.example/x"), wantErr: `tls_servername: "dns.example/x" is not a server name`, line: 2},
-		{name: "tls_servername root", input: block("tls_servername ."), wantErr: `tls_servername: "." is not a server name`, line: 2},
+		{name: "tls_servername without arg", input: stanza("tls_servername"), wantErr: "tls_servername: wrong argument count", line: 2},
+		{name: "tls_servername 2 args", input: stanza("tls_servername a.example b.example"), wantErr: "tls_servername: wrong argument count", line: 2},
+		{name: "tls_servername not a name", input: stanza("tls_servername dns.example/x"), wantErr: `tls_servername: "dns.example/x" is not a server name`, line: 2},
+		{name: "tls_servername root", input: stanza("tls_servername ."), wantErr: `tls_servername: "." is not a server name`, line: 2},
 		{name: "tls_servername conflicts with %NAME", input: "dotstub . 192.0.2.1 tls://192.0.2.2%a.example {\npolicy random\ntls_servername b.example\n}",
 			wantErr: `tls_servername: "b.example" conflicts with the server name "a.example" in "tls://192.0.2.2%a.example"`, line: 3},
 
 		// pin_sha256
-		{name: "pin", input: block("pin_sha256 " + pinA), upstreams: one, pinned: true},
-		{name: "pins on one line", input: block("pin_sha256 sha256/" + pinA + " " + pinB), upstreams: one, pinned: true},
-		{name: "pins on two lines", input: block("pin_sha256 "+pinA, "pin_sha256 "+pinB), upstreams: one, pinned: true},
-		{name: "pin without args", input: block("pin_sha256"), wantErr: "pin_sha256: wrong argument count", line: 2},
-		{name: "pin not base64", input: block("pin_sha256 abc="), wantErr: `pin_sha256: "abc=" is not base64 of a 32-byte SHA-256 digest`, line: 2},
-		{name: "pin of 31 bytes", input: block("pin_sha256 " + b64(make([]byte, 31))), wantErr: "pin_sha256: " + strconv.Quote(b64(make([]byte, 31))) + " is not base64 of a 32-byte", line: 2},
-		{name: "duplicate pin", input: block("pin_sha256 " + pinA + " " + pinA), wantErr: "pin_sha256: " + strconv.Quote(pinA) + " is given twice", line: 2},
-		{name: "duplicate pin on two lines", input: block("pin_sha256 "+pinA, "pin_sha256 sha256/"+pinA), wantErr: `pin_sha256: "sha256/` + pinA + `" is given twice`, line: 3},
+		{name: "pin", input: stanza("pin_sha256 " + pinA), upstreams: one, pinned: true},
+		{name: "pins on one line", input: stanza("pin_sha256 sha256/" + pinA + " " + pinB), upstreams: one, pinned: true},
+		{name: "pins on two lines", input: stanza("pin_sha256 "+pinA, "pin_sha256 "+pinB), upstreams: one, pinned: true},
+		{name: "pin without args", input: stanza("pin_sha256"), wantErr: "pin_sha256: wrong argument count", line: 2},
+		{name: "pin not base64", input: stanza("pin_sha256 abc="), wantErr: `pin_sha256: "abc=" is not base64 of a 32-byte SHA-256 digest`, line: 2},
+		{name: "pin of 31 bytes", input: stanza("pin_sha256 " + b64(make([]byte, 31))), wantErr: "pin_sha256: " + strconv.Quote(b64(make([]byte, 31))) + " is not base64 of a 32-byte", line: 2},
+		{name: "duplicate pin", input: stanza("pin_sha256 " + pinA + " " + pinA), wantErr: "pin_sha256: " + strconv.Quote(pinA) + " is given twice", line: 2},
+		{name: "duplicate pin on two lines", input: stanza("pin_sha256 "+pinA, "pin_sha256 sha256/"+pinA), wantErr: `pin_sha256: "sha256/` + pinA + `" is given twice`, line: 3},
 
 		// pin_report_only
-		{name: "pin_report_only", input: block("pin_sha256 "+pinA, "pin_report_only"), upstreams: one, pinned: true},
-		{name: "pin_report_only before the pins", input: block("pin_report_only", "pin_sha256 "+pinA), upstreams: one, pinned: true},
-		{name: "pin_report_only with an argument", input: block("pin_sha256 "+pinA, "pin_report_only yes"), wantErr: "pin_report_only: wrong argument count", line: 3},
-		{name: "pin_report_only without pins", input: block("timeout 1s", "pin_report_only"), wantErr: "pin_report_only: this block has no pin_sha256 to report on", line: 3},
+		{name: "pin_report_only", input: stanza("pin_sha256 "+pinA, "pin_report_only"), upstreams: one, pinned: true},
+		{name: "pin_report_only before the pins", input: stanza("pin_report_only", "pin_sha256 "+pinA), upstreams: one, pinned: true},
+		{name: "pin_report_only with an argument", input: stanza("pin_sha256 "+pinA, "pin_report_only yes"), wantErr: "pin_report_only: wrong argument count", line: 3},
+		{name: "pin_report_only without pins", input: stanza("timeout 1s", "pin_report_only"), wantErr: "pin_report_only: this block has no pin_sha256 to report on", line: 3},
 
 		// pin_sha256 SELECTOR
 		{name: "pins per server name", input: mixed("pin_sha256 a.example "+pA, "pin_sha256 b.example "+pB+" "+pC), upstreams: mixedUps,
@@ -255,7 +255,7 @@ func parseTests(tb testing.TB) []parseTest {
 			wantErr: `pin_sha256: pins for every upstream, but line 2 gives pins for "a.example" only; give every upstream its own pins, or pins for all`, line: 4},
 
 		// tls_ca
-		{name: "tls_ca for every upstream", input: block("tls_ca " + caAFile), upstreams: one, ids: []wantID{caOnly(caA)}},
+		{name: "tls_ca for every upstream", input: stanza("tls_ca " + caAFile), upstreams: one, ids: []wantID{caOnly(caA)}},
 		{name: "tls_ca per server name", input: mixed("tls_ca a.example "+caAFile, "tls_ca b.example "+caBFile), upstreams: mixedUps,
 			ids: []wantID{caOnly(caA), caOnly(caA), caOnly(caB), caOnly(caB)}},
 		{name: "tls_ca for every upstream and for one", input: mixed("tls_ca 192.0.2.3 "+caBFile, "tls_ca "+caAFile), upstreams: mixedUps,
@@ -264,22 +264,22 @@ func parseTests(tb testing.TB) []parseTest {
 			ids: []wantID{caOnly(caA), caOnly(caA), caOnly(caA), caOnly(caB)}},
 		{name: "tls client cert and tls_ca for each name", input: mixed("tls "+certFile+" "+keyFile, "tls_ca a.example "+caAFile, "tls_ca b.example "+caBFile), upstreams: mixedUps,
 			clientCert: true, ids: []wantID{caOnly(caA), caOnly(caA), caOnly(caB), caOnly(caB)}},
-		{name: "tls client cert, then tls_ca for every upstream", input: block("tls "+certFile+" "+keyFile, "tls_ca "+caFile), upstreams: one, clientCert: true, rootCAs: true},
+		{name: "tls client cert, then tls_ca for every upstream", input: stanza("tls "+certFile+" "+keyFile, "tls_ca "+caFile), upstreams: one, clientCert: true, rootCAs: true},
 		{name: "tls_ca and pins per upstream", input: mixed("tls_ca a.example "+caAFile, "pin_sha256 a.example "+pA, "tls_ca b.example "+caBFile, "pin_sha256 b.example "+pB), upstreams: mixedUps,
 			ids: []wantID{{pins: []*dottest.CA{caA}, ca: caA}, {pins: []*dottest.CA{caA}, ca: caA}, {pins: []*dottest.CA{caB}, ca: caB}, {pins: []*dottest.CA{caB}, ca: caB}}},
-		{name: "tls_ca without args", input: block("tls_ca"), wantErr: "tls_ca: wrong argument count", line: 2},
-		{name: "tls_ca 3 args", input: block("tls_ca 192.0.2.1 " + caAFile + " " + caBFile), wantErr: "tls_ca: wrong argument count", line: 2},
+		{name: "tls_ca without args", input: stanza("tls_ca"), wantErr: "tls_ca: wrong argument count", line: 2},
+		{name: "tls_ca 3 args", input: stanza("tls_ca 192.0.2.1 " + caAFile + " " + caBFile), wantErr: "tls_ca: wrong argument count", line: 2},
 		{name: "tls_ca missing file", input: mixed("tls_ca a.example " + missing), wantErr: "tls_ca: reading the CA file: open " + missing + ": no such file or directory", line: 2},
-		{name: "tls_ca not PEM", input: block("tls_ca " + notPEM), wantErr: "tls_ca: " + notPEM + " holds no PEM certificate", line: 2},
+		{name: "tls_ca not PEM", input: stanza("tls_ca " + notPEM), wantErr: "tls_ca: " + notPEM + " holds no PEM certificate", line: 2},
 		{name: "tls_ca selector selects nothing", input: mixed("tls_ca a.example "+caAFile, "tls_ca 192.0.2.4 "+caBFile),
 			wantErr: `tls_ca: "192.0.2.4" selects no upstream of this block`, line: 3},
 		{name: "tls_ca selector neither name nor address", input: mixed("tls_ca tls://192.0.2.1 " + caAFile), wantErr: `tls_ca: "tls://192.0.2.1" is neither a server name nor an IP address`, line: 2},
 		{name: "upstream given a CA by name and by address", input: mixed("tls_ca 192.0.2.3 "+caAFile, "tls_ca b.example "+caBFile),
 			wantErr: `tls_ca: "b.example" and "192.0.2.3" (line 2) both select tls://192.0.2.3%b.example; select each upstream once`, line: 3},
 		{name: "tls_ca twice for one selector", input: mixed("tls_ca a.example "+caAFile, "tls_ca a.example. "+caBFile), wantErr: `tls_ca: line 2 already gives a CA for "a.example"; give one`, line: 3},
-		{name: "tls_ca twice for every upstream", input: block("tls_ca "+caAFile, "tls_ca "+caBFile), wantErr: "tls_ca: line 2 already gives a CA for every upstream; give one", line: 3},
-		{name: "tls CA, then tls_ca for every upstream", input: block("tls "+caFile, "tls_ca "+caAFile), wantErr: "tls_ca: tls on line 2 already gives a CA for every upstream; give one", line: 3},
-		{name: "tls_ca for every upstream, then tls CA", input: block("tls_ca "+caAFile, "tls "+certFile+" "+keyFile+" "+caFile), wantErr: "tls: tls_ca on line 2 already gives a CA for every upstream; give one", line: 3},
+		{name: "tls_ca twice for every upstream", input: stanza("tls_ca "+caAFile, "tls_ca "+caBFile), wantErr: "tls_ca: line 2 already gives a CA for every upstream; give one", line: 3},
+		{name: "tls CA, then tls_ca for every upstream", input: stanza("tls "+caFile, "tls_ca "+caAFile), wantErr: "tls_ca: tls on line 2 already gives a CA for every upstream; give one", line: 3},
+		{name: "tls_ca for every upstream, then tls CA", input: stanza("tls_ca "+caAFile, "tls "+certFile+" "+keyFile+" "+caFile), wantErr: "tls: tls_ca on line 2 already gives a CA for every upstream; give one", line: 3},
 
 		// The example of the README, with placeholder pins.
 		{name: "README example", input: "dotstub . tls://1.1.1.1%cloudflare-dns.com tls://1.0.0.1%cloudflare-dns.com tls://9.9.9.9%dns.quad9.net {\n" +
@@ -290,101 +290,101 @@ func parseTests(tb testing.TB) []parseTest {
 			ids:       []wantID{pins(caA, caB), pins(caA, caB), {pins: []*dottest.CA{caC}, ca: caA}}},
 
 		// policy
-		{name: "policy random", input: block("policy random"), upstreams: one, policy: "random"},
-		{name: "policy round_robin", input: block("policy round_robin"), upstreams: one, policy: "round_robin"},
-		{name: "policy sequential", input: block("policy sequential"), upstreams: one, policy: "sequential"},
-		{name: "policy fastest", input: block("policy fastest"), upstreams: one, policy: "fastest"},
-		{name: "policy unknown", input: block("policy first"), wantErr: `policy: "first" is not one of fastest, random, round_robin, sequential`, line: 2},
-		{name: "policy without arg", input: block("policy"), wantErr: "policy: wrong argument count", line: 2},
-		{name: "policy 2 args", input: block("policy random sequential"), wantErr: "policy: wrong argument count", line: 2},
+		{name: "policy random", input: stanza("policy random"), upstreams: one, policy: "random"},
+		{name: "policy round_robin", input: stanza("policy round_robin"), upstreams: one, policy: "round_robin"},
+		{name: "policy sequential", input: stanza("policy sequential"), upstreams: one, policy: "sequential"},
+		{name: "policy fastest", input: stanza("policy fastest"), upstreams: one, policy: "fastest"},
+		{name: "policy unknown", input: stanza("policy first"), wantErr: `policy: "first" is not one of fastest, random, round_robin, sequential`, line: 2},
+		{name: "policy without arg", input: stanza("policy"), wantErr: "policy: wrong argument count", line: 2},
+		{name: "policy 2 args", input: stanza("policy random sequential"), wantErr: "policy: wrong argument count", line: 2},
 
 		// health_check
-		{name: "health_check", input: block("health_check 2s"), upstreams: one, healthCheck: 2 * time.Second},
-		{name: "health_check 0 disables health checks", input: block("health_check 0"), upstreams: one, healthCheck: -1, maxFails: new(uint32(0))},
-		{name: "health_check negative", input: block("health_check -1s"), wantErr: "health_check: -1s is negative", line: 2},
-		{name: "health_check not a duration", input: block("health_check 5"), wantErr: `health_check: "5" is not a duration`, line: 2},
-		{name: "health_check no argument", input: block("health_check"), wantErr: "health_check: wrong argument count", line: 2},
-		{name: "health_check 2 durations", input: block("health_check 1s 2s"), wantErr: `health_check: "2s": want no_rec or domain NAME after the duration`, line: 2},
-		{name: "health_check domain", input: block("health_check 1s domain probe.example.net"), upstreams: one, healthCheck: time.Second},
-		{name: "health_check no_rec and domain", input: block("health_check 1s no_rec domain probe.example.net"), upstreams: one, healthCheck: time.Second},
-		{name: "health_check domain, then no_rec", input: block("health_check 1s domain probe.example.net no_rec"), upstreams: one, healthCheck: time.Second},
-		{name: "health_check domain without name", input: block("health_check 1s domain"), wantErr: "health_check: want a NAME after domain", line: 2},
-		{name: "health_check other keyword", input: block("health_check 1s name x.example"), wantErr: `health_check: "name": want no_rec or domain NAME after the duration`, line: 2},
-		{name: "health_check domain not a name", input: block("health_check 1s domain a..b"), wantErr: `health_check: domain "a..b" is not a domain name`, line: 2},
+		{name: "health_check", input: stanza("health_check 2s"), upstreams: one, healthCheck: 2 * time.Second},
+		{name: "health_check 0 disables health checks", input: stanza("health_check 0"), upstreams: one, healthCheck: -1, maxFails: new(uint32(0))},
+		{name: "health_check negative", input: stanza("health_check -1s"), wantErr: "health_check: -1s is negative", line: 2},
+		{name: "health_check not a duration", input: stanza("health_check 5"), wantErr: `health_check: "5" is not a duration`, line: 2},
+		{name: "health_check no argument", input: stanza("health_check"), wantErr: "health_check: wrong argument count", line: 2},
+		{name: "health_check 2 durations", input: stanza("health_check 1s 2s"), wantErr: `health_check: "2s": want no_rec or domain NAME after the duration`, line: 2},
+		{name: "health_check domain", input: stanza("health_check 1s domain probe.example.net"), upstreams: one, healthCheck: time.Second},
+		{name: "health_check no_rec and domain", input: stanza("health_check 1s no_rec domain probe.example.net"), upstreams: one, healthCheck: time.Second},
+		{name: "health_check domain, then no_rec", input: stanza("health_check 1s domain probe.example.net no_rec"), upstreams: one, healthCheck: time.Second},
+		{name: "health_check domain without name", input: stanza("health_check 1s domain"), wantErr: "health_check: want a NAME after domain", line: 2},
+		{name: "health_check other keyword", input: stanza("health_check 1s name x.example"), wantErr: `health_check: "name": want no_rec or domain NAME after the duration`, line: 2},
+		{name: "health_check domain not a name", input: stanza("health_check 1s domain a..b"), wantErr: `health_check: domain "a..b" is not a domain name`, line: 2},
 
 		// max_fails
-		{name: "max_fails", input: block("max_fails 5"), upstreams: one, maxFails: new(uint32(5))},
-		{name: "max_fails 0 never marks down", input: block("max_fails 0"), upstreams: one, maxFails: new(uint32(0))},
-		{name: "max_fails abc", input: block("max_fails abc"), wantErr: `max_fails: "abc" is not an integer from 0 to 2147483647`, line: 2},
-		{name: "max_fails negative", input: block("max_fails -1"), wantErr: `max_fails: "-1" is not an integer`, line: 2},
-		{name: "max_fails too big", input: block("max_fails 2147483648"), wantErr: `max_fails: "2147483648" is not an integer`, line: 2},
-		{name: "max_fails without arg", input: block("max_fails"), wantErr: "max_fails: wrong argument count", line: 2},
+		{name: "max_fails", input: stanza("max_fails 5"), upstreams: one, maxFails: new(uint32(5))},
+		{name: "max_fails 0 never marks down", input: stanza("max_fails 0"), upstreams: one, maxFails: new(uint32(0))},
+		{name: "max_fails abc", input: stanza("max_fails abc"), wantErr: `max_fails: "abc" is not an integer from 0 to 2147483647`, line: 2},
+		{name: "max_fails negative", input: stanza("max_fails -1"), wantErr: `max_fails: "-1" is not an integer`, line: 2},
+		{name: "max_fails too big", input: stanza("max_fails 2147483648"), wantErr: `max_fails: "2147483648" is not an integer`, line: 2},
+		{name: "max_fails without arg", input: stanza("max_fails"), wantErr: "max_fails: wrong argument count", line: 2},
 
 		// expire
-		{name: "expire", input: block("expire 1m"), upstreams: one, expire: time.Minute},
-		{name: "expire 0", input: block("expire 0"), wantErr: "expire: 0s is less than 1ns", line: 2},
-		{name: "expire negative", input: block("expire -1s"), wantErr: "expire: -1s is less than 1ns", line: 2},
-		{name: "expire not a duration", input: block("expire soon"), wantErr: `expire: "soon" is not a duration`, line: 2},
+		{name: "expire", input: stanza("expire 1m"), upstreams: one, expire: time.Minute},
+		{name: "expire 0", input: stanza("expire 0"), wantErr: "expire: 0s is less than 1ns", line: 2},
+		{name: "expire negative", input: stanza("expire -1s"), wantErr: "expire: -1s is less than 1ns", line: 2},
+		{name: "expire not a duration", input: stanza("expire soon"), wantErr: `expire: "soon" is not a duration`, line: 2},
 
 		// max_concurrent
-		{name: "max_concurrent", input: block("max_concurrent 1000"), upstreams: one, maxConcurrent: 1000},
-		{name: "max_concurrent 0 is no limit", input: block("max_concurrent 0"), upstreams: one},
-		{name: "max_concurrent negative", input: block("max_concurrent -1"), wantErr: `max_concurrent: "-1" is not an integer from 0 to 2147483647`, line: 2},
-		{name: "max_concurrent 2 args", input: block("max_concurrent 1 2"), wantErr: "max_concurrent: wrong argument count", line: 2},
+		{name: "max_concurrent", input: stanza("max_concurrent 1000"), upstreams: one, maxConcurrent: 1000},
+		{name: "max_concurrent 0 is no limit", input: stanza("max_concurrent 0"), upstreams: one},
+		{name: "max_concurrent negative", input: stanza("max_concurrent -1"), wantErr: `max_concurrent: "-1" is not an integer from 0 to 2147483647`, line: 2},
+		{name: "max_concurrent 2 args", input: stanza("max_concurrent 1 2"), wantErr: "max_concurrent: wrong argument count", line: 2},
 
 		// timeout
-		{name: "timeout", input: block("timeout 500ms"), upstreams: one, timeout: 500 * time.Millisecond},
-		{name: "timeout least", input: block("timeout 1ms"), upstreams: one, timeout: time.Millisecond},
-		{name: "timeout 0", input: block("timeout 0"), wantErr: "timeout: 0s is less than 1ms", line: 2},
-		{name: "timeout negative", input: block("timeout -2s"), wantErr: "timeout: -2s is less than 1ms", line: 2},
-		{name: "timeout not a duration", input: block("timeout 2"), wantErr: `timeout: "2" is not a duration such as 500ms or 10s`, line: 2},
-		{name: "timeout without arg", input: block("timeout"), wantErr: "timeout: wrong argument count", line: 2},
-		{name: "timeout 2 args", input: block("timeout 1s 2s"), wantErr: "timeout: wrong argument count", line: 2},
+		{name: "timeout", input: stanza("timeout 500ms"), upstreams: one, timeout: 500 * time.Millisecond},
+		{name: "timeout least", input: stanza("timeout 1ms"), upstreams: one, timeout: time.Millisecond},
+		{name: "timeout 0", input: stanza("timeout 0"), wantErr: "timeout: 0s is less than 1ms", line: 2},
+		{name: "timeout negative", input: stanza("timeout -2s"), wantErr: "timeout: -2s is less than 1ms", line: 2},
+		{name: "timeout not a duration", input: stanza("timeout 2"), wantErr: `timeout: "2" is not a duration such as 500ms or 10s`, line: 2},
+		{name: "timeout without arg", input: stanza("timeout"), wantErr: "timeout: wrong argument count", line: 2},
+		{name: "timeout 2 args", input: stanza("timeout 1s 2s"), wantErr: "timeout: wrong argument count", line: 2},
 
 		// max_conns
-		{name: "max_conns", input: block("max_conns 1"), upstreams: one, maxConns: 1},
-		{name: "max_conns most", input: block("max_conns 1024"), upstreams: one, maxConns: 1024},
-		{name: "max_conns 0", input: block("max_conns 0"), wantErr: `max_conns: "0" is not an integer from 1 to 1024`, line: 2},
-		{name: "max_conns 1025", input: block("max_conns 1025"), wantErr: `max_conns: "1025" is not an integer from 1 to 1024`, line: 2},
+		{name: "max_conns", input: stanza("max_conns 1"), upstreams: one, maxConns: 1},
+		{name: "max_conns most", input: stanza("max_conns 1024"), upstreams: one, maxConns: 1024},
+		{name: "max_conns 0", input: stanza("max_conns 0"), wantErr: `max_conns: "0" is not an integer from 1 to 1024`, line: 2},
+		{name: "max_conns 1025", input: stanza("max_conns 1025"), wantErr: `max_conns: "1025" is not an integer from 1 to 1024`, line: 2},
 
 		// max_inflight
-		{name: "max_inflight", input: block("max_inflight 1"), upstreams: one, maxInflight: 1},
-		{name: "max_inflight most", input: block("max_inflight 32768"), upstreams: one, maxInflight: 32768},
-		{name: "max_inflight 0", input: block("max_inflight 0"), wantErr: `max_inflight: "0" is not an integer from 1 to 32768`, line: 2},
-		{name: "max_inflight 32769", input: block("max_inflight 32769"), wantErr: `max_inflight: "32769" is not an integer from 1 to 32768`, line: 2},
-		{name: "max_inflight 65535", input: block("max_inflight 65535"), wantErr: `max_inflight: "65535" is not an integer from 1 to 32768`, line: 2},
+		{name: "max_inflight", input: stanza("max_inflight 1"), upstreams: one, maxInflight: 1},
+		{name: "max_inflight most", input: stanza("max_inflight 32768"), upstreams: one, maxInflight: 32768},
+		{name: "max_inflight 0", input: stanza("max_inflight 0"), wantErr: `max_inflight: "0" is not an integer from 1 to 32768`, line: 2},
+		{name: "max_inflight 32769", input: stanza("max_inflight 32769"), wantErr: `max_inflight: "32769" is not an integer from 1 to 32768`, line: 2},
+		{name: "max_inflight 65535", input: stanza("max_inflight 65535"), wantErr: `max_inflight: "65535" is not an integer from 1 to 32768`, line: 2},
 
 		// forward's options
-		{name: "max_age", input: block("max_age 30s"), upstreams: one},
-		{name: "max_age negative", input: block("max_age -1s"), wantErr: "max_age: -1s is negative", line: 2},
-		{name: "max_age below expire", input: block("max_age 5s"), wantErr: "max_age: 5s is less than expire (10s)", line: 2},
-		{name: "expire above max_age", input: block("max_age 30s", "expire 1m"), wantErr: "expire: 1m0s is more than max_age (30s)", line: 3},
-		{name: "max_idle_conns", input: block("max_idle_conns 2"), upstreams: one},
-		{name: "max_idle_conns negative", input: block("max_idle_conns -1"), wantErr: `max_idle_conns: "-1" is not an integer from 0`, line: 2},
-		{name: "max_connect_attempts", input: block("max_connect_attempts 1"), upstreams: one},
-		{name: "max_connect_attempts not a number", input: block("max_connect_attempts x"), wantErr: `max_connect_attempts: "x" is not an integer from 0`, line: 2},
-		{name: "read_timeout", input: block("read_timeout 500ms"), upstreams: one},
-		{name: "read_timeout 0", input: block("read_timeout 0"), wantErr: "read_timeout: 0s is less than 1ms", line: 2},
-		{name: "next", input: block("next NXDOMAIN servfail"), upstreams: one},
-		{name: "next without RCODE", input: block("next"), wantErr: "next: wrong argument count", line: 2},
-		{name: "next not an RCODE", input: block("next NXDOMIAN"), wantErr: `next: "NXDOMIAN" is not an RCODE`, line: 2},
-		{name: "next_on_nodata", input: block("next_on_nodata"), upstreams: one},
-		{name: "next_on_nodata with an argument", input: block("next_on_nodata yes"), wantErr: "next_on_nodata: wrong argument count", line: 2},
-		{name: "source_address", input: block("source_address 127.0.0.1"), upstreams: one},
-		{name: "source_address not an IP", input: block("source_address eth0"), wantErr: `source_address: "eth0" is not an IP address`, line: 2},
-		{name: "force_tcp", input: block("force_tcp"), upstreams: one},
-		{name: "force_tcp with an argument", input: block("force_tcp yes"), wantErr: "force_tcp: wrong argument count", line: 2},
-		{name: "prefer_udp refused", input: block("prefer_udp"), wantErr: "prefer_udp: dotstub sends no query over UDP", line: 2},
-		{name: "doh_method refused", input: block("doh_method GET"), wantErr: "doh_method: dotstub speaks DNS-over-TLS, not DNS-over-HTTPS", line: 2},
-		{name: "resolver refused", input: block("resolver 192.0.2.53"), wantErr: "resolver: dotstub takes upstreams by IP address only", line: 2},
+		{name: "max_age", input: stanza("max_age 30s"), upstreams: one},
+		{name: "max_age negative", input: stanza("max_age -1s"), wantErr: "max_age: -1s is negative", line: 2},
+		{name: "max_age below expire", input: stanza("max_age 5s"), wantErr: "max_age: 5s is less than expire (10s)", line: 2},
+		{name: "expire above max_age", input: stanza("max_age 30s", "expire 1m"), wantErr: "expire: 1m0s is more than max_age (30s)", line: 3},
+		{name: "max_idle_conns", input: stanza("max_idle_conns 2"), upstreams: one},
+		{name: "max_idle_conns negative", input: stanza("max_idle_conns -1"), wantErr: `max_idle_conns: "-1" is not an integer from 0`, line: 2},
+		{name: "max_connect_attempts", input: stanza("max_connect_attempts 1"), upstreams: one},
+		{name: "max_connect_attempts not a number", input: stanza("max_connect_attempts x"), wantErr: `max_connect_attempts: "x" is not an integer from 0`, line: 2},
+		{name: "read_timeout", input: stanza("read_timeout 500ms"), upstreams: one},
+		{name: "read_timeout 0", input: stanza("read_timeout 0"), wantErr: "read_timeout: 0s is less than 1ms", line: 2},
+		{name: "next", input: stanza("next NXDOMAIN servfail"), upstreams: one},
+		{name: "next without RCODE", input: stanza("next"), wantErr: "next: wrong argument count", line: 2},
+		{name: "next not an RCODE", input: stanza("next NXDOMIAN"), wantErr: `next: "NXDOMIAN" is not an RCODE`, line: 2},
+		{name: "next_on_nodata", input: stanza("next_on_nodata"), upstreams: one},
+		{name: "next_on_nodata with an argument", input: stanza("next_on_nodata yes"), wantErr: "next_on_nodata: wrong argument count", line: 2},
+		{name: "source_address", input: stanza("source_address 127.0.0.1"), upstreams: one},
+		{name: "source_address not an IP", input: stanza("source_address eth0"), wantErr: `source_address: "eth0" is not an IP address`, line: 2},
+		{name: "force_tcp", input: stanza("force_tcp"), upstreams: one},
+		{name: "force_tcp with an argument", input: stanza("force_tcp yes"), wantErr: "force_tcp: wrong argument count", line: 2},
+		{name: "prefer_udp refused", input: stanza("prefer_udp"), wantErr: "prefer_udp: dotstub sends no query over UDP", line: 2},
+		{name: "doh_method refused", input: stanza("doh_method GET"), wantErr: "doh_method: dotstub speaks DNS-over-TLS, not DNS-over-HTTPS", line: 2},
+		{name: "resolver refused", input: stanza("resolver 192.0.2.53"), wantErr: "resolver: dotstub takes upstreams by IP address only", line: 2},
 
 		// private_names
-		{name: "private_names off", input: block("private_names off"), upstreams: one},
-		{name: "private_names on", input: block("private_names on"), upstreams: one},
-		{name: "private_names other", input: block("private_names forward"), wantErr: `private_names: "forward" is neither on nor off`, line: 2},
-		{name: "private_names without argument", input: block("private_names"), wantErr: "private_names: wrong argument count", line: 2},
+		{name: "private_names off", input: stanza("private_names off"), upstreams: one},
+		{name: "private_names on", input: stanza("private_names on"), upstreams: one},
+		{name: "private_names other", input: stanza("private_names forward"), wantErr: `private_names: "forward" is neither on nor off`, line: 2},
+		{name: "private_names without argument", input: stanza("private_names"), wantErr: "private_names: wrong argument count", line: 2},
 
-		{name: "unknown option", input: block("policy random", "health 1s"), wantErr: `unknown option "health"`, line: 3},
+		{name: "unknown option", input: stanza("policy random", "health 1s"), wantErr: `unknown option "health"`, line: 3},
 
 		{name: "every option", input: "dotstub example.org tls://192.0.2.1 192.0.2.2:8853 {\n" +
 			"except a.example.org\n" +
@@ -596,7 +596,7 @@ func TestParsePinsEnforced(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ds, err := parse(caddy.NewTestController("dns", block("pin_sha256 "+pinA+" "+ca.Pin().String())))
+	ds, err := parse(caddy.NewTestController("dns", stanza("pin_sha256 "+pinA+" "+ca.Pin().String())))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,7 +23,8 @@ func (o *options) configuredName(t target) string {
 // tlsConfigs returns the TLS configuration of each upstream of o.to, in
 // order: its server name, its CA (its own, the stanza's, or the system
 // roots) and its pins (its own or the stanza's), which it also returns.
-func (o *options) tlsConfigs() ([]*tls.Config, []pin.Set, error) {
+// Report-only pin mismatches are counted in the upstream's series, ss[i].
+func (o *options) tlsConfigs(ss []*series) ([]*tls.Config, []pin.Set, error) {
 	if o.id.reportOnly != nil && o.id.pinsAt == nil && len(o.id.pinsBy) == 0 {
 		return nil, nil, o.id.reportOnly.Errf("pin_report_only: this block has no pin_sha256 to report on")
 	}
@@ -61,7 +62,7 @@ func (o *options) tlsConfigs() ([]*tls.Config, []pin.Set, error) {
 		sets[i] = pins
 		var report func(error)
 		if o.id.reportOnly != nil && len(pins) > 0 {
-			report = pinMismatchReported(t.to, log.Warningf)
+			report = pinMismatchReported(ss[i], log.Warningf)
 		}
 		cfgs[i] = clientTLS(o.tls, name, pins, report) // a fresh copy
 		if s := caBy[i]; s != nil {
