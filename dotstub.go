@@ -135,8 +135,9 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	}
 	var buf [maxUpstreams]*upstream.Upstream
 	tries := d.candidates(buf[:0])
+	var failed failures
 	if len(tries) == 0 {
-		return dns.RcodeServerFailure, ErrNoHealthy
+		return servfail(w, r, &failed, ErrNoHealthy)
 	}
 	tries = tries[:min(len(tries), d.attempts)]
 	q, err := dot.NewQuery(r, d.privacy)
@@ -147,12 +148,12 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 
 	qctx, cancel := context.WithTimeout(ctx, d.timeout)
 	defer cancel()
-	a, u, err := d.resolve(qctx, q, tries)
+	a, u, err := d.resolve(qctx, q, tries, &failed)
 	if metadata.ValueFuncs(ctx) != nil { // the metadata plugin is on
 		metadata.SetValueFunc(ctx, metadataUpstream, d.series[u].address)
 	}
 	if a == nil {
-		return dns.RcodeServerFailure, err
+		return servfail(w, r, &failed, err)
 	}
 	if d.passOn(a) { // with the client's context: the next stanza has its own timeout
 		return plugin.NextOrFailure(d.Name(), d.Next, ctx, w, r)
@@ -196,8 +197,8 @@ func (d *Dotstub) candidates(dst []*upstream.Upstream) []*upstream.Upstream {
 // equal share of the time left, so that one that hangs does not take it all.
 // An answer whose RCODE is listed by failover is kept, and returned only when
 // no later upstream does better. It returns the upstream whose answer it
-// returns, or the last one asked.
-func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.Upstream) (*dns.Msg, *upstream.Upstream, error) {
+// returns, or the last one asked, and adds to failed why each one failed.
+func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.Upstream, failed *failures) (*dns.Msg, *upstream.Upstream, error) {
 	var (
 		kept  *dns.Msg // an answer with a failover RCODE
 		keptU *upstream.Upstream
@@ -227,6 +228,7 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 			return a, u, nil
 		}
 		err = uerr
+		failed.add(uerr)
 		if ctx.Err() != nil {
 			break
 		}

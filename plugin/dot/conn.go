@@ -101,7 +101,6 @@ type connStats struct {
 // Errors of a connection, as its calls and the pool see them.
 var (
 	errConnLost    = errors.New("connection lost before the answer")
-	errBadAnswer   = errors.New("bad answer")
 	errStalled     = error(stallError{})
 	errAbandoned   = errors.New("too many queries unanswered on the connection")
 	errExpired     = errors.New("idle connection expired")
@@ -317,11 +316,11 @@ func (c *conn) readLoop() {
 	}
 }
 
-// finish completes failed with errBadAnswer, then closes c for cause, or
+// finish completes failed with ErrBadAnswer, then closes c for cause, or
 // because it is done draining, or else tells the owner a slot came free.
 func (c *conn) finish(failed []*call, done bool, cause error) {
 	for _, x := range failed {
-		x.ch <- result{err: errBadAnswer}
+		x.ch <- result{err: ErrBadAnswer}
 	}
 	switch {
 	case cause != nil:

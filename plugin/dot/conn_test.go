@@ -199,7 +199,7 @@ func TestOutOfStepConnIsClosed(t *testing.T) {
 			}
 			answers, errs := exchangeAll(t, p, names, 10*time.Second)
 			for i, err := range errs {
-				if answers[i] != nil || !errors.Is(err, errBadAnswer) {
+				if answers[i] != nil || !errors.Is(err, ErrBadAnswer) {
 					t.Errorf("%s: %v, %v; want a bad-answer error", names[i], answers[i], err)
 				}
 			}

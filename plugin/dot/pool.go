@@ -119,6 +119,11 @@ type Events struct {
 // ErrClosed is the error of an Exchange on a closed pool.
 var ErrClosed = errors.New("dot: pool closed")
 
+// ErrBadAnswer is the error of an exchange whose answers, however often the
+// query was sent again, were all bad: malformed, or for another ID or
+// question (see BadReason).
+var ErrBadAnswer = errors.New("dot: bad answer")
+
 // Pool is a set of connections to one upstream. Its methods are safe for
 // concurrent use.
 //
@@ -269,7 +274,7 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 			return a, nil
 		case ctx.Err() != nil:
 			return nil, err
-		case errors.Is(err, errBadAnswer):
+		case errors.Is(err, ErrBadAnswer):
 			if cl.bad++; cl.bad > maxBadAnswers {
 				return nil, err
 			}

@@ -138,7 +138,7 @@ func TestAnswerFault(t *testing.T) {
 
 // FuzzAnswer feeds arbitrary bytes to Query.answer as the upstream's answer
 // to a fixed query: it never panics, never leaves the query changed, and
-// either returns an error wrapping errBadAnswer and no message, or an answer
+// either returns an error wrapping ErrBadAnswer and no message, or an answer
 // to the query's very question (answerFault) that packs again for the
 // client.
 func FuzzAnswer(f *testing.F) {

@@ -9,12 +9,13 @@ import (
 	"net"
 	"syscall"
 
+	"github.com/dotstub/dotstub/plugin/dot"
 	"github.com/dotstub/dotstub/plugin/pin"
 )
 
 // Reason classifies a dial or exchange error into a closed set fit for a
 // metric label and a log line: ok, pin_mismatch, verify_failed, timeout,
-// refused, reset or error.
+// refused, reset, bad_answer or error.
 func Reason(err error) string {
 	var (
 		verr     *tls.CertificateVerificationError
@@ -36,6 +37,8 @@ func Reason(err error) string {
 		return "refused"
 	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
 		return "reset"
+	case errors.Is(err, dot.ErrBadAnswer):
+		return "bad_answer"
 	}
 	return "error"
 }

@@ -223,6 +223,7 @@ func TestReason(t *testing.T) {
 		{context.DeadlineExceeded, "timeout", false},
 		{refused, "refused", false},
 		{fmt.Errorf("read: %w", io.EOF), "reset", false},
+		{fmt.Errorf("exchange: %w", dot.ErrBadAnswer), "bad_answer", false},
 		{errors.New("something else"), "error", false},
 	}
 	for _, tc := range tests {
