@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"go.uber.org/goleak"
 
 	"github.com/dotstub/dotstub/plugin/dottest"
 )
@@ -427,6 +427,7 @@ func TestExpireIdle(t *testing.T) {
 }
 
 func TestCloseEndsEverything(t *testing.T) {
+	leaks := goleak.IgnoreCurrent()
 	srv, arrived, release := holdingServer(t)
 	defer close(release)
 	p := newPool(t, srv, func(c *Config) { c.Expire = time.Minute })
@@ -446,33 +447,16 @@ func TestCloseEndsEverything(t *testing.T) {
 	if _, err := exchange(t, p, "b.example.org", time.Second); !errors.Is(err, ErrClosed) {
 		t.Errorf("query after Close got %v, want ErrClosed", err)
 	}
-	if g := poolGoroutines(); g != "" {
-		t.Errorf("goroutines of the pool outlived Close:\n%s", g)
-	}
+	goleak.VerifyNone(t, ignoreUpstreams(leaks)...)
 }
 
-// poolGoroutines returns the stacks of goroutines running this package's code.
-// A goroutine that has just called wg.Done can still be on its way out, so
-// like goleak it looks again, for a bounded while, before it reports one.
-func poolGoroutines() string {
-	var g string
-	for deadline := time.Now().Add(2 * time.Second); ; runtime.Gosched() {
-		if g = poolGoroutinesNow(); g == "" || time.Now().After(deadline) {
-			return g
-		}
+// ignoreUpstreams has goleak ignore the goroutines of the test upstreams,
+// which run until the test ends, and those in before.
+func ignoreUpstreams(before ...goleak.Option) []goleak.Option {
+	for _, f := range dottest.Funcs {
+		before = append(before, goleak.IgnoreAnyFunction(f))
 	}
-}
-
-func poolGoroutinesNow() string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var out []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "plugin/dot.(*") && !strings.Contains(g, "poolGoroutines") {
-			out = append(out, g)
-		}
-	}
-	return strings.Join(out, "\n\n")
+	return before
 }
 
 func TestLargeQuery(t *testing.T) {

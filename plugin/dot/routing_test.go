@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"go.uber.org/goleak"
 
 	"github.com/dotstub/dotstub/plugin/dottest"
 )
@@ -193,6 +194,7 @@ func routedMsg(i int, id uint16) *dns.Msg {
 }
 
 func route(t *testing.T, cfgs routingTLS, script []byte, late int, hold bool, base uint16) {
+	leaks := goleak.IgnoreCurrent()
 	var (
 		dialed    = make(chan error, 8)
 		read      = make(chan struct{}, 8)
@@ -327,7 +329,5 @@ func route(t *testing.T, cfgs routingTLS, script []byte, late int, hold bool, ba
 	closed = true
 	p.Close()
 	upstreams.Wait()
-	if g := poolGoroutines(); g != "" {
-		t.Fatalf("goroutines left after Close:\n%s", g)
-	}
+	goleak.VerifyNone(t, leaks)
 }
