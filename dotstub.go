@@ -65,12 +65,22 @@ type Dotstub struct {
 
 	maxConcurrent int64 // queries in flight before REFUSED; zero is no limit
 	concurrent    atomic.Int64
+
+	opts options // what the stanza says of its upstreams, read before they are built (setup.go)
 }
 
-// New returns a Dotstub with every default and no upstream.
+// New returns a Dotstub with every default and no upstream. The pool's own
+// defaults (connections, queries per connection, expire) are package dot's.
 func New() *Dotstub {
-	return &Dotstub{from: ".", private: true, policy: &upstream.Fastest{}, timeout: defaultTimeout, attempts: maxUpstreams,
-		privacy: dot.Privacy{PadBlock: dot.DefaultPadBlock}}
+	return &Dotstub{
+		from:     ".",
+		private:  true,
+		policy:   &upstream.Fastest{},
+		timeout:  defaultTimeout,
+		attempts: maxUpstreams,
+		privacy:  dot.Privacy{PadBlock: dot.DefaultPadBlock},
+		opts:     options{maxFails: upstream.DefaultMaxFails, healthCheck: upstream.DefaultHealthCheck},
+	}
 }
 
 // Name implements plugin.Handler.

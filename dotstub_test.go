@@ -19,6 +19,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/dotstub/dotstub/plugin/dottest"
+	"github.com/dotstub/dotstub/plugin/upstream"
 )
 
 // caFile writes srv's CA to a file and returns its path.
@@ -34,17 +35,42 @@ func caFile(t *testing.T, srv *dottest.Server) string {
 // newDotstub parses corefile, starts the first stanza and stops it when t ends.
 func newDotstub(t *testing.T, corefile string) *Dotstub {
 	t.Helper()
+	d, _ := watchedDotstub(t, corefile)
+	return d
+}
+
+// watchedDotstub is newDotstub, and returns as well a channel for each
+// upstream that receives its health changes (true: marked down), from its
+// Changed hook.
+func watchedDotstub(t *testing.T, corefile string) (*Dotstub, []chan bool) {
+	t.Helper()
 	ds, err := parse(caddy.NewTestController("dns", corefile))
 	if err != nil {
 		t.Fatalf("parse %q: %v", corefile, err)
 	}
 	d := ds[0]
 	d.Next = test.NextHandler(dns.RcodeNotZone, nil)
+	changes := make([]chan bool, len(d.upstreams))
+	for i, u := range d.upstreams {
+		ch := make(chan bool, 16)
+		cfg := u.Config()
+		logged := cfg.Changed
+		cfg.Changed = func(down bool, cause error) {
+			logged(down, cause)
+			select {
+			case ch <- down:
+			default: // the test reads only the changes it waits for
+			}
+		}
+		w := upstream.New(cfg)
+		d.upstreams[i], d.series[w], changes[i] = w, d.series[u], ch
+		delete(d.series, u)
+	}
 	if err := d.OnStartup(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { d.OnShutdown() })
-	return d
+	return d, changes
 }
 
 // upstreamFor returns a TO for srv with the default server name.

@@ -3,10 +3,8 @@ package dotstub
 import (
 	"fmt"
 	"net"
-	"strings"
 	"testing"
 
-	"github.com/coredns/caddy"
 	"github.com/miekg/dns"
 
 	"github.com/dotstub/dotstub/plugin/dottest"
@@ -82,40 +80,6 @@ func TestPaddingAndSubnet(t *testing.T) {
 			}
 			if m.String() != before {
 				t.Errorf("the client's message was changed:\n%s\nwant\n%s", m, before)
-			}
-		})
-	}
-}
-
-func TestParsePrivacyOptions(t *testing.T) {
-	for _, tc := range []struct {
-		input   string
-		pad     int
-		strip   bool
-		wantErr string
-	}{
-		{input: "max_fails 2", pad: 128},
-		{input: "padding off"},
-		{input: "padding 468", pad: 468},
-		{input: "padding", wantErr: "padding: wrong argument count"},
-		{input: "padding 8", wantErr: `padding: "8" is neither off nor a block size from 16 to 1024 bytes`},
-		{input: "padding on", wantErr: `padding: "on" is neither off nor a block size from 16 to 1024 bytes`},
-		{input: "strip_client_subnet", pad: 128, strip: true},
-		{input: "strip_client_subnet yes", wantErr: "strip_client_subnet: wrong argument count"},
-	} {
-		t.Run(tc.input, func(t *testing.T) {
-			ds, err := parse(caddy.NewTestController("dns", "dotstub . 192.0.2.1 {\n"+tc.input+"\n}"))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), "Testfile:2 - Error during parsing: "+tc.wantErr) {
-					t.Fatalf("error %v, want %q on line 2", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil {
-				t.Fatal(err)
-			}
-			if p := ds[0].privacy; p.PadBlock != tc.pad || p.StripSubnet != tc.strip {
-				t.Errorf("privacy %+v, want padding %d, strip %v", p, tc.pad, tc.strip)
 			}
 		})
 	}

@@ -1,6 +1,7 @@
 package dotstub
 
 import (
+	"cmp"
 	"crypto/tls"
 	"math"
 	"net"
@@ -81,7 +82,9 @@ func Upstreams(c *caddy.Controller) ([]*upstream.Upstream, error) {
 	return out, nil
 }
 
-// options holds what a stanza says that is only needed to build upstreams.
+// options holds what a stanza says that is only needed to build upstreams;
+// zero fields are the pool's defaults (package dot), except where New sets
+// them.
 type options struct {
 	to          []target    // TO, read before the block
 	tls         *tls.Config // from the tls option; nil means system roots
@@ -106,7 +109,7 @@ type target struct {
 
 func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 	d := New()
-	opts := options{maxFails: upstream.DefaultMaxFails, healthCheck: upstream.DefaultHealthCheck, expire: dot.DefaultExpire}
+	opts := &d.opts
 
 	var from string
 	if !c.Args(&from) {
@@ -148,7 +151,7 @@ func parseStanza(c *caddy.Controller) (*Dotstub, error) {
 		opts.to = append(opts.to, target{to: s, addr: addr, serverName: name})
 	}
 	for c.NextBlock() {
-		if err := parseOption(c, d, &opts); err != nil {
+		if err := parseOption(c, d, opts); err != nil {
 			return nil, err
 		}
 	}
@@ -313,8 +316,8 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		if err != nil {
 			return err
 		}
-		if dur > 0 && o.expire > 0 && dur < o.expire {
-			return c.Errf("max_age: %s is less than expire (%s); connections would be retired before they could expire", dur, o.expire)
+		if expire := cmp.Or(o.expire, dot.DefaultExpire); dur > 0 && dur < expire {
+			return c.Errf("max_age: %s is less than expire (%s); connections would be retired before they could expire", dur, expire)
 		}
 		o.maxAge = dur
 	case "max_idle_conns":

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/coredns/caddy"
+	"github.com/miekg/dns"
 
 	"github.com/dotstub/dotstub/plugin/dot"
 	"github.com/dotstub/dotstub/plugin/dottest"
@@ -42,7 +43,7 @@ type parseTest struct {
 	// The same for every upstream of the stanza.
 	maxFails    *uint32       // nil means upstream.DefaultMaxFails
 	healthCheck time.Duration // 0 means upstream.DefaultHealthCheck, negative none
-	expire      time.Duration // 0 means dot.DefaultExpire
+	expire      time.Duration // 0 means the pool's default
 	maxConns    int           // 0 means the pool's default
 	maxInflight int           // 0 means the pool's default
 	pinned      bool          // TLS.VerifyConnection is set
@@ -52,6 +53,18 @@ type parseTest struct {
 	// Per upstream, in order, when upstreams differ in pins or CA (tls_ca,
 	// pin_sha256 SELECTOR): replaces pinned and rootCAs.
 	ids []wantID
+
+	// check, if set, looks at what the fields above do not cover, and
+	// returns what is wrong; "" if nothing.
+	check func(*Dotstub) string
+}
+
+// want returns "" if ok, else what the stanza holds instead.
+func want(ok bool, format string, args ...any) string {
+	if ok {
+		return ""
+	}
+	return fmt.Sprintf(format, args...)
 }
 
 // wantID is the TLS identity expected of one upstream.
@@ -354,6 +367,46 @@ func parseTests(tb testing.TB) []parseTest {
 		{name: "max_inflight 32769", input: stanza("max_inflight 32769"), wantErr: `max_inflight: "32769" is not an integer from 1 to 32768`, line: 2},
 		{name: "max_inflight 65535", input: stanza("max_inflight 65535"), wantErr: `max_inflight: "65535" is not an integer from 1 to 32768`, line: 2},
 
+		// failover and health
+		{name: "failfast", input: stanza("failfast_all_unhealthy_upstreams"), upstreams: one,
+			check: func(d *Dotstub) string { return want(d.failfast, "failfast off") }},
+		{name: "failfast with an arg", input: stanza("failfast_all_unhealthy_upstreams yes"), wantErr: "failfast_all_unhealthy_upstreams: wrong argument count", line: 2},
+		{name: "failover", input: stanza("failover SERVFAIL refused"), upstreams: one, check: func(d *Dotstub) string {
+			return want(slices.Equal(d.failoverRcodes, []int{dns.RcodeServerFailure, dns.RcodeRefused}), "failover %v", d.failoverRcodes)
+		}},
+		{name: "failover without arg", input: stanza("failover"), wantErr: "failover: wrong argument count", line: 2},
+		{name: "failover not an rcode", input: stanza("failover SERVFALE"), wantErr: `failover: "SERVFALE" is not an RCODE`, line: 2},
+		{name: "failover NOERROR", input: stanza("failover NOERROR"), wantErr: "failover: NOERROR is an answer, not a failure", line: 2},
+		{name: "hedge", input: stanza("hedge 30ms"), upstreams: one, check: func(d *Dotstub) string {
+			return want(d.hedge.enabled && !d.hedge.auto && d.hedge.delay == 30*time.Millisecond, "hedge on %v, auto %v, delay %s", d.hedge.enabled, d.hedge.auto, d.hedge.delay)
+		}},
+		{name: "hedge auto", input: stanza("hedge auto"), upstreams: one,
+			check: func(d *Dotstub) string {
+				return want(d.hedge.enabled && d.hedge.auto, "hedge on %v, auto %v, delay %s", d.hedge.enabled, d.hedge.auto, d.hedge.delay)
+			}},
+		{name: "hedge without arg", input: stanza("hedge"), wantErr: "hedge: wrong argument count", line: 2},
+		{name: "hedge 2 args", input: stanza("hedge 30ms auto"), wantErr: "hedge: wrong argument count", line: 2},
+		{name: "hedge not a duration", input: stanza("hedge soon"), wantErr: `hedge: "soon" is neither auto nor a duration of 1ms or more`, line: 2},
+		{name: "hedge too short", input: stanza("hedge 10us"), wantErr: `hedge: "10us" is neither auto nor a duration of 1ms or more`, line: 2},
+		{name: "health_check domain", input: stanza("health_check 1s domain probe.example.net"), upstreams: one, healthCheck: time.Second,
+			check: func(d *Dotstub) string {
+				return want(d.upstreams[0].Config().ProbeName == "probe.example.net.", "probe name %q", d.upstreams[0].Config().ProbeName)
+			}},
+		{name: "failover defaults", input: stanza("max_fails 3"), upstreams: one, maxFails: new(uint32(3)), check: func(d *Dotstub) string {
+			return want(d.upstreams[0].Config().ProbeName == "." && !d.hedge.enabled && !d.failfast && d.failoverRcodes == nil,
+				"probe name %q, hedge %v, failfast %v, failover %v", d.upstreams[0].Config().ProbeName, d.hedge.enabled, d.failfast, d.failoverRcodes)
+		}},
+
+		// privacy
+		{name: "padding default", input: stanza("max_fails 2"), upstreams: one, check: padding(dot.DefaultPadBlock, false)},
+		{name: "padding off", input: stanza("padding off"), upstreams: one, check: padding(0, false)},
+		{name: "padding 468", input: stanza("padding 468"), upstreams: one, check: padding(468, false)},
+		{name: "padding without arg", input: stanza("padding"), wantErr: "padding: wrong argument count", line: 2},
+		{name: "padding too small", input: stanza("padding 8"), wantErr: `padding: "8" is neither off nor a block size from 16 to 1024 bytes`, line: 2},
+		{name: "padding on", input: stanza("padding on"), wantErr: `padding: "on" is neither off nor a block size from 16 to 1024 bytes`, line: 2},
+		{name: "strip_client_subnet", input: stanza("strip_client_subnet"), upstreams: one, check: padding(dot.DefaultPadBlock, true)},
+		{name: "strip_client_subnet with an arg", input: stanza("strip_client_subnet yes"), wantErr: "strip_client_subnet: wrong argument count", line: 2},
+
 		// forward's options
 		{name: "max_age", input: stanza("max_age 30s"), upstreams: one},
 		{name: "max_age negative", input: stanza("max_age -1s"), wantErr: "max_age: -1s is negative", line: 2},
@@ -426,7 +479,20 @@ func TestParse(t *testing.T) {
 				t.Fatalf("%d stanzas, want 1", len(ds))
 			}
 			checkStanza(t, ds[0], tc)
+			if tc.check != nil {
+				if problem := tc.check(ds[0]); problem != "" {
+					t.Error(problem)
+				}
+			}
 		})
+	}
+}
+
+// padding checks a stanza's privacy: padding to blocks of pad bytes (0:
+// none), and the client subnet stripped or not.
+func padding(pad int, strip bool) func(*Dotstub) string {
+	return func(d *Dotstub) string {
+		return want(d.privacy.PadBlock == pad && d.privacy.StripSubnet == strip, "privacy %+v, want padding %d, strip %v", d.privacy, pad, strip)
 	}
 }
 
@@ -440,7 +506,7 @@ func checkStanza(t *testing.T, d *Dotstub, tc parseTest) {
 	if tc.healthCheck < 0 {
 		wantHealth = 0
 	}
-	wantExpire := cmp.Or(tc.expire, dot.DefaultExpire)
+	wantExpire := tc.expire // 0: the pool's default
 	wantFails := uint32(upstream.DefaultMaxFails)
 	if tc.maxFails != nil {
 		wantFails = *tc.maxFails

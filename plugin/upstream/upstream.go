@@ -85,12 +85,22 @@ func New(cfg Config) *Upstream {
 	if cfg.ProbeName == "" {
 		cfg.ProbeName = "."
 	}
-	if cfg.Pool.IsAuth == nil {
-		cfg.Pool.IsAuth = IsAuth
-	}
 	u := &Upstream{cfg: cfg, trigger: make(chan struct{}, 1), stop: make(chan struct{})}
-	dialed := cfg.Pool.Events.Dialed
-	cfg.Pool.Events.Dialed = func(err error, st *tls.ConnectionState) {
+	u.pool = dot.New(u.poolConfig())
+	return u
+}
+
+// poolConfig returns the configuration of the upstream's pool: cfg.Pool, with
+// the failures to authenticate told apart (IsAuth, unless set) and every
+// verified handshake recorded (see Verified) before cfg.Pool's own Dialed
+// hears of it.
+func (u *Upstream) poolConfig() dot.Config {
+	pc := u.cfg.Pool
+	if pc.IsAuth == nil {
+		pc.IsAuth = IsAuth
+	}
+	dialed := pc.Events.Dialed
+	pc.Events.Dialed = func(err error, st *tls.ConnectionState) {
 		if err == nil {
 			u.verified.Store(true)
 		}
@@ -98,8 +108,7 @@ func New(cfg Config) *Upstream {
 			dialed(err, st)
 		}
 	}
-	u.pool = dot.New(cfg.Pool)
-	return u
+	return pc
 }
 
 // Verified reports whether a connection to the upstream has passed every

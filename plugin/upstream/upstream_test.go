@@ -256,7 +256,7 @@ func TestProbeRespectsAuthBackoff(t *testing.T) {
 	srv := dottest.New(t, dottest.Options{})
 	u := newUpstream(t, srv, Config{Name: "u", MaxFails: 1})
 	u.cfg.Pool.TLS.ServerName = "other.test" // fails verification
-	u.pool = dot.New(u.cfg.Pool)
+	u.pool = dot.New(u.poolConfig())
 	for range 5 {
 		if err := u.Probe(); err == nil {
 			t.Fatal("probe of a server that fails verification succeeded")
