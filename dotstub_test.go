@@ -52,7 +52,7 @@ func watchedDotstub(t *testing.T, corefile string) (*Dotstub, []chan bool) {
 	d.Next = test.NextHandler(dns.RcodeNotZone, nil)
 	changes := make([]chan bool, len(d.upstreams))
 	for i, u := range d.upstreams {
-		ch := make(chan bool, 16)
+		ch := make(chan bool, 1024)
 		cfg := u.Config()
 		logged := cfg.Changed
 		cfg.Changed = func(down bool, cause error) {

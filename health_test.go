@@ -2,8 +2,11 @@ package dotstub
 
 import (
 	"fmt"
+	"net"
 	"runtime"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -139,5 +142,78 @@ func allStacks() string {
 		if n := runtime.Stack(buf, true); n < len(buf) {
 			return string(buf[:n])
 		}
+	}
+}
+
+// TestFlapUnderLoad: an upstream that fails and recovers every few
+// milliseconds while queries run concurrently. Its changes of health come
+// one at a time and alternate (never "down" twice in a row, which two
+// racing failures could report), and once it is sound again it is up, and
+// upstream_healthy says so.
+func TestFlapUnderLoad(t *testing.T) {
+	var bad atomic.Bool
+	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+		q := new(dns.Msg)
+		if bad.Load() || q.Unpack(frame) != nil {
+			return false // closes the connection under the query
+		}
+		b, err := dottest.Answer(q).Pack()
+		if err != nil {
+			return false
+		}
+		_, err = c.Write(framed(b))
+		return err == nil
+	}})
+	d, changes := watchedDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n max_fails 1\n health_check 5ms\n timeout 300ms\n}",
+		upstreamFor(srv), caFile(t, srv)))
+	u := d.upstreams[0]
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for w := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 2000; i++ { // bounded; stop ends it sooner
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				m := new(dns.Msg)
+				m.SetQuestion(fmt.Sprintf("w%d-%d.example.org.", w, i), dns.TypeA)
+				serve(t, d, false, m)
+			}
+		}()
+	}
+	flips := time.NewTicker(3 * time.Millisecond)
+	for range 100 {
+		<-flips.C
+		bad.Store(!bad.Load())
+	}
+	flips.Stop()
+	bad.Store(false)
+	close(stop)
+	wg.Wait()
+
+	var seen []bool
+	last := false // up
+	for u.Down() || len(changes[0]) > 0 {
+		select {
+		case down := <-changes[0]:
+			if down == last {
+				t.Fatalf("after changes %v, marked %v again", seen, map[bool]string{true: "down", false: "up"}[down])
+			}
+			seen, last = append(seen, down), down
+		case <-time.After(5 * time.Second):
+			t.Fatalf("still down 5s after the upstream was sound again, changes %v", seen)
+		}
+	}
+	t.Logf("%d changes of health", len(seen))
+	if len(seen) == 0 {
+		t.Error("the upstream never changed health: the flapping did not reach it")
+	}
+	if v, _ := healthSeries(t, u.Name()); v != 1 || u.Down() {
+		t.Errorf("upstream_healthy %v, down %v once sound again", v, u.Down())
 	}
 }

@@ -157,6 +157,19 @@ func TestReload(t *testing.T) {
 	if tcpFail > bound {
 		t.Errorf("%d TCP queries failed across the reload; want at most the %d in flight at once", tcpFail, bound)
 	}
+
+	// No false page: the old instance's shutdown, probes and queries cut
+	// short included, is nobody's failure.
+	if line, ok := cd.findLog("marked down"); ok {
+		t.Errorf("a reload under load marked the upstream down: %s", line)
+	}
+	page, err := sc.get(sc.metrics)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n, sum := strings.Count(page, "\ncoredns_dotstub_upstream_healthy{"), metricSum(page, "coredns_dotstub_upstream_healthy"); n != 1 || sum != 1 {
+		t.Errorf("after the reload, %d upstream_healthy series adding up to %v; want one, 1", n, sum)
+	}
 }
 
 // figures is what the test reads of CoreDNS at a quiet moment.
