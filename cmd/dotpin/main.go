@@ -41,9 +41,13 @@ const (
 
 const defaultTimeout = 5 * time.Second
 
+// version is this build's version, stamped by the Makefile from git tags.
+var version = "dev"
+
 const usage = `usage: dotpin [-ca FILE] [-insecure] [-timeout DURATION] tls://IP[%NAME][:PORT]...
        dotpin FILE.pem
        dotpin check [-conf Corefile] [-within DURATION] [-timeout DURATION]
+       dotpin -version
 
 dotpin prints the pin-sha256 (base64 of the SHA-256 of the DER
 SubjectPublicKeyInfo, as dotstub's pin_sha256 takes it) of every certificate
@@ -86,6 +90,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	caFile := flags.String("ca", "", "verify the server against the CA certificates (PEM) in `FILE` instead of the system roots")
 	insecure := flags.Bool("insecure", false, "print the chain even if it fails verification, marked UNVERIFIED (exit status 3)")
 	timeout := flags.Duration("timeout", defaultTimeout, "bound on the TCP connect, and on the TLS handshake")
+	showVersion := flags.Bool("version", false, "print the version and exit")
 	flags.Usage = func() {
 		io.WriteString(stderr, usage)
 		flags.PrintDefaults()
@@ -95,6 +100,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitOK
 		}
 		return exitUsage
+	}
+	if *showVersion {
+		fmt.Fprintln(stdout, "dotpin", version)
+		return exitOK
 	}
 	usageErr := func(format string, a ...any) int {
 		fmt.Fprintf(stderr, "dotpin: "+format+"\n", a...)

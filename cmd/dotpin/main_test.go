@@ -546,3 +546,9 @@ func TestUsage(t *testing.T) {
 		})
 	}
 }
+
+func TestVersion(t *testing.T) {
+	if r := dotpin(t, "-version"); r.code != exitOK || r.stdout != "dotpin "+version+"\n" {
+		t.Errorf("dotpin -version: exit %d, printed %q", r.code, r.stdout)
+	}
+}
