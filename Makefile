@@ -4,6 +4,10 @@
 #   make test    install what the tests need, vet, staticcheck, every test with -race, then
 #                each fuzz target for FUZZTIME (5s)
 #   make demo    a local DoT upstream, ./coredns in front, a few queries; no internet
+#   make image   the container image for this machine's architecture (ARCHS="amd64 arm64" for both),
+#                with podman or docker (scripts/image.sh; ENGINE_FLAGS for the engine's own flags)
+#   make release dist/: static coredns and dotpin, and the image as an OCI archive, for linux/amd64
+#                and linux/arm64, with SHA256SUMS (scripts/release.sh)
 #   make bench   dotstub side by side with forward, Unbound, Stubby and dnsdist (about 15 minutes)
 #   make bench-failover   dotstub and forward when upstreams die, stall or lag (about 3 minutes)
 #   make soak    ./coredns under a steady load for SOAK (10m): memory, descriptors, goroutines
@@ -18,7 +22,7 @@ COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT) -X main.version=$(VERSION)
 
-.PHONY: build run test demo bench bench-failover soak fuzz clean
+.PHONY: build run test demo image release bench bench-failover soak fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o coredns ./cmd/coredns
@@ -28,7 +32,8 @@ run: build
 	./coredns -conf Corefile.example -dns.port $(PORT)
 
 test:
-	scripts/need.sh gcc:gcc promtool:prometheus
+	scripts/need.sh gcc:gcc promtool:prometheus podman:podman runc:runc setcap:libcap2-bin ip:iproute2 \
+		update-ca-certificates:ca-certificates
 	$(GO) vet ./...
 	$(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2 ./...
 	CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 30m ./...
@@ -38,6 +43,14 @@ demo: build
 	scripts/need.sh kdig:knot-dnsutils curl:curl
 	$(GO) build -o dotupstream ./cmd/dotupstream
 	scripts/demo.sh
+
+image:
+	scripts/need.sh setcap:libcap2-bin update-ca-certificates:ca-certificates
+	scripts/image.sh
+
+release:
+	scripts/need.sh setcap:libcap2-bin update-ca-certificates:ca-certificates
+	scripts/release.sh
 
 bench:
 	bench/run.sh $(BENCHFLAGS)
@@ -58,4 +71,4 @@ fuzz:
 
 clean:
 	rm -f coredns dotupstream dotpin
-	rm -rf bench/out
+	rm -rf bench/out dist

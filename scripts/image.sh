@@ -15,8 +15,7 @@
 #
 # Environment:
 #   IMAGE    name, default dotstub/coredns-dotstub; tagged VERSION-ARCH for each
-#            architecture, and VERSION for the host's (podman: a manifest list
-#            of every architecture built)
+#            architecture, and VERSION as well for the host's
 #   ARCHS    architectures, default the host's (e.g. "amd64 arm64")
 #   VERSION, COMMIT  as the Makefile stamps them (from git by default)
 #   BASE     base image, default scratch
@@ -24,6 +23,9 @@
 #   ENGINE_FLAGS  global flags for the engine, e.g. --storage-driver vfs
 #   SAVE_DIR if set, each architecture's image is also saved there as an OCI
 #            archive, coredns-dotstub_VERSION_linux_ARCH.oci.tar
+#   BIN_DIR  if set, the binaries are taken from BIN_DIR/coredns_VERSION_linux_ARCH
+#            and BIN_DIR/dotpin_VERSION_linux_ARCH (scripts/release.sh builds
+#            them) instead of built here
 set -euo pipefail
 cd "$(dirname "$0")/.."
 IMAGE=${IMAGE:-dotstub/coredns-dotstub}
@@ -54,8 +56,14 @@ printf 'root:x:0:\nnonroot:x:65532:\n' >"$ctx/rootfs/etc/group"
 cp Dockerfile "$ctx/"
 
 for arch in $ARCHS; do
-	GOARCH=$arch VERSION=$VERSION COMMIT=$COMMIT scripts/build-static.sh "$ctx/linux-$arch/coredns"
-	GOARCH=$arch VERSION=$VERSION COMMIT=$COMMIT scripts/build-static.sh "$ctx/linux-$arch/dotpin" ./cmd/dotpin
+	mkdir -p "$ctx/linux-$arch"
+	for cmd in coredns dotpin; do
+		if [ -n "${BIN_DIR:-}" ]; then
+			cp "$BIN_DIR/${cmd}_${VERSION}_linux_$arch" "$ctx/linux-$arch/$cmd"
+		else
+			GOARCH=$arch VERSION=$VERSION COMMIT=$COMMIT scripts/build-static.sh "$ctx/linux-$arch/$cmd" "./cmd/$cmd"
+		fi
+	done
 	$sudo setcap cap_net_bind_service=+ep "$ctx/linux-$arch/coredns"
 done
 
@@ -78,15 +86,10 @@ for arch in $ARCHS; do
 	fi
 done
 
-# VERSION alone names the image for this machine's architecture, or with
-# podman a manifest list of all of them.
-if [ "$(basename "$ENGINE")" = podman ] && [ "${#tags[@]}" -gt 1 ]; then
-	engine manifest rm "$IMAGE:$VERSION" >/dev/null 2>&1 || engine rmi "$IMAGE:$VERSION" >/dev/null 2>&1 || true
-	engine manifest create "$IMAGE:$VERSION" >/dev/null
-	for tag in "${tags[@]}"; do
-		engine manifest add "$IMAGE:$VERSION" "containers-storage:$tag" >/dev/null
-	done
-elif [[ " $ARCHS " == *" $host "* ]]; then
+# VERSION alone names the image for this machine's architecture. (A manifest
+# list of several is made where they are pushed: a local one trips up podman
+# 4.3's image listing.)
+if [[ " $ARCHS " == *" $host "* ]]; then
 	engine tag "$IMAGE:$VERSION-$host" "$IMAGE:$VERSION"
 fi
 echo "built ${tags[*]}"
