@@ -21,7 +21,7 @@ import (
 )
 
 // buildCoreDNS builds CoreDNS with dotstub by scripts/build-static.sh, the
-// build step of the Dockerfile, so the Corefiles run on the image's binary.
+// build step of the image (scripts/image.sh), so the Corefiles run on the image's binary.
 func buildCoreDNS(t *testing.T) string {
 	t.Helper()
 	if testing.Short() {
