@@ -175,7 +175,8 @@ type stage struct {
 	k8sZones  []string                   // zones of the first kubernetes stanza
 	fromZones []string                   // FROM of every dotstub stanza
 	plain     string                     // the plain-DNS stand-in for forward's upstreams; "" until one is needed
-	fwdZones  []string                   // FROM of every forward stanza
+	fwdZones  []string                   // FROM of every forward stanza; the server block's zone for .
+	blockZone string                     // zone of the server block localize is in
 	reload    string                     // when set, the arguments given to every reload
 	roots     []byte                     // the system roots of CoreDNS; default the test CA
 }
@@ -317,6 +318,7 @@ func (s *stage) localize(text string) string {
 		var after []string // lines to add after this one
 		switch {
 		case l.depth == 0 && l.opens():
+			_, s.blockZone, _ = splitKey(tok[0])
 			for i := range tok[:len(tok)-1] {
 				scheme, zone, port := splitKey(tok[i])
 				tok[i] = zone + ":" + s.port(portOf(scheme, port))
@@ -344,7 +346,11 @@ func (s *stage) localize(text string) string {
 				tok[i] = s.to(tok[i])
 			}
 		case l.directive() == "forward":
-			s.fwdZones = append(s.fwdZones, tok[1])
+			zone := tok[1]
+			if zone == "." { // forward all of the block's zone
+				zone = s.blockZone
+			}
+			s.fwdZones = append(s.fwdZones, zone)
 			for i := 2; i < len(tok) && tok[i] != "{"; i++ {
 				tok[i] = s.plainUpstream()
 			}
@@ -379,14 +385,22 @@ func (s *stage) localize(text string) string {
 	return strings.Join(out, "\n") + "\n"
 }
 
+// localizeSnippet localizes a file imported inside a server block: its lines
+// are directives of that block, as a ConfigMap's .conf files hold them.
+func (s *stage) localizeSnippet(text string) string {
+	ls := strings.Split(strings.TrimSuffix(s.localize(". {\n"+text+"}\n"), "\n"), "\n")
+	// Drop the block around it: its first line, the bind added after it, its last.
+	return strings.Join(ls[2:len(ls)-1], "\n") + "\n"
+}
+
 // materialize writes the files that the localized Corefile names under the
 // stage's root and that no one wrote yet: .pem and .crt files get the test CA.
 func (s *stage) materialize(corefile string) {
 	s.t.Helper()
 	for _, l := range lines(corefile) {
 		for _, tok := range l.tokens {
-			if !strings.HasPrefix(tok, s.root+string(filepath.Separator)) {
-				continue
+			if !strings.HasPrefix(tok, s.root+string(filepath.Separator)) || strings.ContainsAny(tok, "*?[") {
+				continue // not a path, or a glob: its files are written or there are none
 			}
 			if _, err := os.Stat(tok); err == nil {
 				continue
@@ -484,23 +498,36 @@ func (s *stage) plainUpstream() string {
 	if s.plain != "" {
 		return s.plain
 	}
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		s.t.Fatal(err)
-	}
-	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(r)
 		if q := r.Question[0]; q.Qtype == dns.TypeA {
 			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.ParseIP(forwardIP)})
 		}
 		w.WriteMsg(m)
-	})}
-	started := make(chan struct{})
-	srv.NotifyStartedFunc = func() { close(started) }
-	go srv.ActivateAndServe()
-	<-started
-	s.t.Cleanup(func() { srv.Shutdown() })
-	s.plain = pc.LocalAddr().String()
-	return s.plain
+	})
+	// UDP and TCP on one port (forward's force_tcp asks over TCP): a port
+	// free for UDP may be taken for TCP, so try a few.
+	for range 10 {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			s.t.Fatal(err)
+		}
+		l, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			continue
+		}
+		for _, srv := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: l, Handler: h}} {
+			started := make(chan struct{})
+			srv.NotifyStartedFunc = func() { close(started) }
+			go srv.ActivateAndServe()
+			<-started
+			s.t.Cleanup(func() { srv.Shutdown() })
+		}
+		s.plain = pc.LocalAddr().String()
+		return s.plain
+	}
+	s.t.Fatal("no port free for both UDP and TCP")
+	return ""
 }

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"testing"
 
+	monitoringv1 "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring/v1"
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	policyv1 "k8s.io/api/policy/v1"
@@ -23,6 +24,8 @@ import (
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/kustomize/api/krusty"
+	"sigs.k8s.io/kustomize/kyaml/filesys"
 	"sigs.k8s.io/yaml"
 )
 
@@ -42,11 +45,13 @@ var kinds = map[string]func() any{
 	"rbac.authorization.k8s.io/v1/ClusterRoleBinding": func() any {
 		return new(rbacv1.ClusterRoleBinding)
 	},
+	"monitoring.coreos.com/v1/ServiceMonitor": func() any { return new(monitoringv1.ServiceMonitor) },
+	"monitoring.coreos.com/v1/PodMonitor":     func() any { return new(monitoringv1.PodMonitor) },
 }
 
 // object is one manifest decoded.
 type object struct {
-	file string // relative to deploy/, document number after a #
+	file string // relative to deploy/, document number after a #; a kustomization's directory for what it renders
 	dir  string // its directory: kubernetes/cluster-dns, kubernetes/upstream, kubernetes
 	obj  any    // a pointer to a type of kinds
 }
@@ -76,36 +81,36 @@ func decodeManifest(doc []byte) (any, error) {
 	return obj, yaml.UnmarshalStrict(doc, obj)
 }
 
-// loadManifests decodes every document of every YAML file under kubernetes/.
+// loadManifests decodes every document of every YAML file under kubernetes/,
+// and what every kustomization there renders (in place of its files), as
+// kubectl apply -k renders it.
 func loadManifests(t *testing.T) []object {
 	t.Helper()
 	var objs []object
 	err := filepath.WalkDir("kubernetes", func(p string, d os.DirEntry, err error) error {
-		if err != nil || d.IsDir() || (filepath.Ext(p) != ".yaml" && filepath.Ext(p) != ".yml") {
+		if err != nil {
 			return err
+		}
+		if d.IsDir() {
+			if _, err := os.Stat(filepath.Join(p, "kustomization.yaml")); err == nil {
+				data, err := kustomize(p)
+				if err != nil {
+					t.Errorf("kustomize %s: %v", p, err)
+					return filepath.SkipDir
+				}
+				objs = append(objs, decodeDocs(t, p, data, filepath.ToSlash(p))...)
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if filepath.Ext(p) != ".yaml" && filepath.Ext(p) != ".yml" {
+			return nil
 		}
 		data, err := os.ReadFile(p)
 		if err != nil {
 			return err
 		}
-		r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
-		for n := 1; ; n++ {
-			doc, err := r.Read()
-			if err == io.EOF {
-				break
-			}
-			if err != nil {
-				return err
-			}
-			obj, err := decodeManifest(doc)
-			if err != nil {
-				t.Errorf("%s, document %d: %v", p, n, err)
-				continue
-			}
-			if obj != nil {
-				objs = append(objs, object{file: filepath.ToSlash(p) + "#" + strconv.Itoa(n), dir: filepath.ToSlash(filepath.Dir(p)), obj: obj})
-			}
-		}
+		objs = append(objs, decodeDocs(t, p, data, filepath.ToSlash(filepath.Dir(p)))...)
 		return nil
 	})
 	if err != nil {
@@ -113,6 +118,41 @@ func loadManifests(t *testing.T) []object {
 	}
 	if len(objs) == 0 {
 		t.Fatal("no manifests under deploy/kubernetes")
+	}
+	return objs
+}
+
+// kustomize renders the kustomization in dir, as kubectl apply -k does.
+func kustomize(dir string) ([]byte, error) {
+	m, err := krusty.MakeKustomizer(krusty.MakeDefaultOptions()).Run(filesys.MakeFsOnDisk(), dir)
+	if err != nil {
+		return nil, err
+	}
+	return m.AsYaml()
+}
+
+// decodeDocs decodes the YAML documents of data, from file, strictly.
+func decodeDocs(t *testing.T, file string, data []byte, dir string) []object {
+	t.Helper()
+	var objs []object
+	r := utilyaml.NewYAMLReader(bufio.NewReader(bytes.NewReader(data)))
+	for n := 1; ; n++ {
+		doc, err := r.Read()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Errorf("%s: %v", file, err)
+			break
+		}
+		obj, err := decodeManifest(doc)
+		if err != nil {
+			t.Errorf("%s, document %d: %v", file, n, err)
+			continue
+		}
+		if obj != nil {
+			objs = append(objs, object{file: filepath.ToSlash(file) + "#" + strconv.Itoa(n), dir: dir, obj: obj})
+		}
 	}
 	return objs
 }
@@ -166,16 +206,33 @@ func TestManifestsDecodeStrictly(t *testing.T) {
 		}
 		seen[key] = o.file
 	}
+	// The cluster's DNS never writes the ConfigMap coredns that the stock
+	// pods mount: its Corefile is in coredns-dotstub, named with the hash of
+	// its content.
+	clusterDNS := []string{"ConfigMap coredns-dotstub-*", "Deployment coredns", "Service kube-dns", "ServiceAccount coredns",
+		"ClusterRole system:coredns", "ClusterRoleBinding system:coredns", "PodDisruptionBudget coredns"}
 	want := map[string][]string{
-		"kubernetes":             {"Secret dotstub-pins"},
-		"kubernetes/cluster-dns": {"ConfigMap coredns", "Deployment coredns", "Service kube-dns", "ServiceAccount coredns", "ClusterRole system:coredns", "ClusterRoleBinding system:coredns", "PodDisruptionBudget coredns"},
-		"kubernetes/upstream":    {"ConfigMap dotstub", "Deployment dotstub", "Service dotstub", "ServiceAccount dotstub", "PodDisruptionBudget dotstub"},
+		"kubernetes":                     {"Secret dotstub-pins"},
+		"kubernetes/cluster-dns":         clusterDNS,
+		"kubernetes/overlays/example":    clusterDNS,
+		"kubernetes/upstream":            {"ConfigMap dotstub", "Deployment dotstub", "Service dotstub", "ServiceAccount dotstub", "PodDisruptionBudget dotstub"},
+		"kubernetes/prometheus-operator": {"ServiceMonitor dotstub", "PodMonitor dotstub"},
 	}
 	for dir, names := range want {
 		for _, n := range names {
-			if _, ok := seen[dir+" "+n]; !ok {
+			found := false
+			for key := range seen {
+				ok, _ := path.Match(dir+" "+n, key)
+				found = found || ok
+			}
+			if !found {
 				t.Errorf("no %s in deploy/%s", n, dir)
 			}
+		}
+	}
+	for key := range seen {
+		if strings.HasSuffix(key, " ConfigMap coredns") {
+			t.Errorf("%s: the stock pods' ConfigMap, which a rollback needs as it was", key)
 		}
 	}
 
@@ -202,8 +259,10 @@ type deployment struct {
 	dir       string
 	objs      []object // what it can refer to
 	container corev1.Container
-	confPath  string // the -conf argument
-	corefile  string // the Corefile there, from its ConfigMap
+	confPath  string            // the -conf argument
+	corefile  string            // the Corefile there, from its ConfigMap
+	confFiles map[string]string // every file beside it, from the same volume, the Corefile included
+	expanded  string            // the Corefile with the files beside it that it imports inlined
 }
 
 // deployments resolves the Deployments' Corefiles through their volumes.
@@ -230,6 +289,8 @@ func deployments(t *testing.T, objs []object) []deployment {
 			t.Fatalf("%s: no volume holds %s", o.file, dd.confPath)
 		}
 		dd.corefile = data
+		dd.confFiles = dd.filesAt(path.Dir(dd.confPath))
+		dd.expanded = expandImports(dd.corefile, path.Dir(dd.confPath), dd.confFiles)
 		out = append(out, dd)
 	}
 	return out
@@ -289,6 +350,61 @@ func (d deployment) file(p string) (string, bool) {
 	return "", false
 }
 
+// filesAt returns the files of the ConfigMap volume mounted at dir, by name.
+func (d deployment) filesAt(dir string) map[string]string {
+	v, _, ok := d.mountOf(path.Join(dir, "x"))
+	if !ok || v.ConfigMap == nil {
+		return nil
+	}
+	cm := find[corev1.ConfigMap](d.objs, v.ConfigMap.Name)
+	if cm == nil {
+		return nil
+	}
+	out := map[string]string{}
+	for k, data := range cm.Data {
+		if len(v.ConfigMap.Items) == 0 {
+			out[k] = data
+		}
+		for _, it := range v.ConfigMap.Items {
+			if it.Key == k {
+				out[it.Path] = data
+			}
+		}
+	}
+	return out
+}
+
+// expandImports returns corefile with each import of a file in dir (a name,
+// or a glob) replaced by the files of files that it names, as CoreDNS reads
+// it; comment lines are left out. Other imports stay as they are.
+func expandImports(corefile, dir string, files map[string]string) string {
+	var out []string
+	for _, l := range lines(corefile) {
+		if len(l.tokens) == 0 {
+			continue // blank, or a comment
+		}
+		if len(l.tokens) == 2 && l.tokens[0] == "import" && path.Dir(l.tokens[1]) == dir {
+			var names []string
+			for name := range files {
+				if ok, _ := path.Match(path.Base(l.tokens[1]), name); ok {
+					names = append(names, name)
+				}
+			}
+			slices.Sort(names)
+			for _, name := range names {
+				for _, il := range lines(files[name]) {
+					if len(il.tokens) > 0 {
+						out = append(out, l.indent+strings.TrimRight(il.raw, " "))
+					}
+				}
+			}
+			continue
+		}
+		out = append(out, strings.TrimRight(l.raw, " "))
+	}
+	return strings.Join(out, "\n") + "\n"
+}
+
 // secretFiles returns the files of the Deployment's Secret volumes, by the
 // path where the container finds them.
 func (d deployment) secretFiles() map[string]map[string]string {
@@ -341,8 +457,8 @@ func (d deployment) hasPort(port int, proto corev1.Protocol) (name string, ok bo
 func TestManifestsReferToEachOther(t *testing.T) {
 	objs := loadManifests(t)
 	ds := deployments(t, objs)
-	if len(ds) != 2 {
-		t.Fatalf("%d Deployments, want 2 (cluster-dns, upstream)", len(ds))
+	if len(ds) != 3 {
+		t.Fatalf("%d Deployments, want 3 (cluster-dns, its example overlay, upstream)", len(ds))
 	}
 	dockerCmd, dockerUser, dockerExpose := dockerfile(t)
 	for _, d := range ds {
@@ -393,14 +509,14 @@ func TestManifestsReferToEachOther(t *testing.T) {
 			}
 
 			// The Corefile's ports are the container's and the probes'.
-			for _, p := range serverPorts(d.corefile) {
+			for _, p := range serverPorts(d.expanded) {
 				for _, proto := range []corev1.Protocol{corev1.ProtocolUDP, corev1.ProtocolTCP} {
 					if _, ok := d.hasPort(p, proto); !ok {
 						t.Errorf("the Corefile serves port %d, the container declares no %d/%s", p, p, proto)
 					}
 				}
 			}
-			ports := listens(d.corefile)
+			ports := listens(d.expanded)
 			for _, want := range []struct {
 				plugin, path string
 				probe        *corev1.Probe
@@ -431,9 +547,11 @@ func TestManifestsReferToEachOther(t *testing.T) {
 				t.Errorf("the Dockerfile does not EXPOSE %d: %v", metricsPort, dockerExpose)
 			}
 
-			// What the Corefile imports is where a volume puts it.
-			for _, l := range lines(d.corefile) {
-				if len(l.tokens) == 2 && l.tokens[0] == "import" {
+			// What the Corefile imports, and every file those name, is where a
+			// volume puts it (the files beside the Corefile are inlined in
+			// expanded; a glob may match none).
+			for _, l := range lines(d.expanded) {
+				if len(l.tokens) == 2 && l.tokens[0] == "import" && !strings.ContainsAny(l.tokens[1], "*?[") {
 					snippet, ok := d.file(l.tokens[1])
 					if !ok {
 						t.Errorf("the Corefile imports %s, which no volume provides", l.tokens[1])
@@ -448,6 +566,9 @@ func TestManifestsReferToEachOther(t *testing.T) {
 						}
 					}
 				}
+			}
+			if strings.Contains(d.corefile, "import ") && d.confFiles == nil {
+				t.Error("the Corefile imports files, and no volume puts any beside it")
 			}
 
 			// The Services and the PodDisruptionBudget select these pods and
@@ -482,7 +603,7 @@ func TestManifestsReferToEachOther(t *testing.T) {
 			}
 
 			// The kubernetes plugin may list and watch what it reads.
-			if strings.Contains(d.corefile, "kubernetes ") {
+			if strings.Contains(d.expanded, "kubernetes ") {
 				for _, want := range []struct{ group, resource string }{
 					{"", "endpoints"}, {"", "services"}, {"", "pods"}, {"", "namespaces"}, {"discovery.k8s.io", "endpointslices"},
 				} {
