@@ -693,3 +693,52 @@ func jsonOf(v any) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+// TestPrometheusOperatorSelects: the ServiceMonitor selects the DNS Services
+// of both layouts and scrapes a port they have; the PodMonitor selects the
+// pods of every Deployment and scrapes a port their container declares.
+func TestPrometheusOperatorSelects(t *testing.T) {
+	objs := loadManifests(t)
+	sms, pms := all[monitoringv1.ServiceMonitor](objs), all[monitoringv1.PodMonitor](objs)
+	if len(sms) != 1 || len(pms) != 1 {
+		t.Fatalf("%d ServiceMonitors and %d PodMonitors, want one each", len(sms), len(pms))
+	}
+	sm, pm := sms[0], pms[0]
+	if !slices.Equal(sm.Spec.NamespaceSelector.MatchNames, []string{"kube-system"}) || !slices.Equal(pm.Spec.NamespaceSelector.MatchNames, []string{"kube-system"}) {
+		t.Errorf("namespace selectors %v and %v, want kube-system", sm.Spec.NamespaceSelector, pm.Spec.NamespaceSelector)
+	}
+	smSel, err := metav1.LabelSelectorAsSelector(&sm.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pmSel, err := metav1.LabelSelectorAsSelector(&pm.Spec.Selector)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"kube-dns", "dotstub"} {
+		svc := find[corev1.Service](objs, want)
+		if svc == nil {
+			t.Fatalf("no Service %s", want)
+		}
+		if !smSel.Matches(labels.Set(svc.Labels)) {
+			t.Errorf("the ServiceMonitor does not select the Service %s (labels %v)", want, svc.Labels)
+		}
+		for _, ep := range sm.Spec.Endpoints {
+			if !slices.ContainsFunc(svc.Spec.Ports, func(p corev1.ServicePort) bool { return p.Name == ep.Port }) {
+				t.Errorf("the ServiceMonitor scrapes port %q, which the Service %s does not have", ep.Port, want)
+			}
+		}
+	}
+	for _, d := range deployments(t, objs) {
+		if !pmSel.Matches(labels.Set(d.Spec.Template.Labels)) {
+			t.Errorf("the PodMonitor does not select the pods of %s/%s (labels %v)", d.dir, d.Name, d.Spec.Template.Labels)
+		}
+		for _, ep := range pm.Spec.PodMetricsEndpoints {
+			if ep.Port == nil {
+				t.Errorf("a PodMonitor endpoint without a port name")
+			} else if !slices.ContainsFunc(d.container.Ports, func(p corev1.ContainerPort) bool { return p.Name == *ep.Port }) {
+				t.Errorf("the PodMonitor scrapes port %q, which the container of %s/%s does not declare", *ep.Port, d.dir, d.Name)
+			}
+		}
+	}
+}
