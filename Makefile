@@ -8,7 +8,9 @@
 #                with podman or docker (scripts/image.sh; ENGINE_FLAGS for the engine's own flags)
 #   make release dist/: static coredns and dotpin, and the image as an OCI archive, for linux/amd64
 #                and linux/arm64, with SHA256SUMS (scripts/release.sh)
-#   make bench   dotstub side by side with forward, Unbound, Stubby and dnsdist (about 15 minutes)
+#   make bench   dotstub side by side with forward, Unbound, Stubby and dnsdist, against two upstreams
+#                (about 30 minutes; BENCHFLAGS="-upstreams coredns" for one)
+#   make profile CPU and allocation profiles of dotstub under the UDP and TCP loads (bench/out/profiles)
 #   make bench-failover   dotstub and forward when upstreams die, stall or lag (about 3 minutes)
 #   make soak    ./coredns under a steady load for SOAK (10m): memory, descriptors, goroutines
 #   make fuzz    each fuzz target for FUZZTIME (10m here), one after another (scripts/fuzz.sh)
@@ -22,7 +24,7 @@ COMMIT  := $(shell git rev-parse --short HEAD 2>/dev/null || echo unknown)
 VERSION := $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/coredns/coredns/coremain.GitCommit=$(COMMIT) -X main.version=$(VERSION)
 
-.PHONY: build run test demo image release bench bench-failover soak fuzz clean
+.PHONY: build run test demo image release bench profile bench-failover soak fuzz clean
 
 build:
 	$(GO) build -ldflags "$(LDFLAGS)" -o coredns ./cmd/coredns
@@ -54,6 +56,12 @@ release:
 
 bench:
 	bench/run.sh $(BENCHFLAGS)
+
+profile:
+	bench/run.sh -peers dotstub -upstreams coredns -scenarios "max throughput" -rounds 1 -duration 20s \
+		-profile bench/out/profiles $(BENCHFLAGS)
+	@for p in bench/out/profiles/cpu-*.pprof; do echo "== $$p"; \
+		$(GO) tool pprof -top -nodecount=25 bench/out/coredns $$p 2>/dev/null | tail -n +5; done
 
 bench-failover:
 	mkdir -p bench/out

@@ -38,24 +38,19 @@ func main() {
 	only := flag.String("peers", "", "comma-separated peers to run (default all)")
 	scen := flag.String("scenarios", "", "scenarios to run, by words of their names separated by '/' (default all)")
 	out := flag.String("out", "", "write the markdown tables to this file too")
+	ups := flag.String("upstreams", "coredns,pipelining", "upstreams to run every scenario against, in turn: coredns, pipelining")
+	profile := flag.String("profile", "", "write CPU and allocation profiles of dotstub under each scenario into this directory (its Corefile gets pprof)")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
+	if *profile != "" {
+		if err := os.MkdirAll(*profile, 0o755); err != nil {
+			log.Fatal(err)
+		}
+	}
 	abs, err := filepath.Abs(*bin)
 	if err != nil {
 		log.Fatal(err)
 	}
-	b := &bench{bin: abs, dur: *dur}
-	if err := b.setup(); err != nil {
-		log.Fatal(err)
-	}
-	defer b.teardown()
-	go func() { // the peers die with the bench; the work directory goes too
-		sig := make(chan os.Signal, 1)
-		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
-		<-sig
-		b.teardown()
-		os.Exit(1)
-	}()
 
 	l := fmt.Sprint(int(dur.Seconds()))
 	scenarios := []scenario{
@@ -72,8 +67,57 @@ func main() {
 		ps = filter(ps, strings.Split(*only, ","), func(p peer) string { return p.name })
 	}
 
+	first := &bench{bin: abs, dur: *dur}
+	var md strings.Builder
+	fmt.Fprintf(&md, "Medians of %d rounds, %s per run; %s.\n\n", *rounds, dur, first.machine())
+	for _, mode := range strings.Split(*ups, ",") {
+		b := &bench{bin: abs, dur: *dur, mode: strings.TrimSpace(mode), profile: *profile}
+		fmt.Fprintf(&md, "### Upstream: %s\n\n", upstreams[b.mode])
+		md.WriteString(b.runAll(scenarios, ps, *rounds, *only))
+	}
+	md.WriteString(first.versions(ps))
+	fmt.Print(md.String())
+	if *out != "" {
+		if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
+			log.Fatal(err)
+		}
+	}
+}
+
+// upstreams names the upstream modes of the benchmark: CoreDNS answers the
+// queries of one connection one at a time, in order, as every miekg/dns
+// server does; dotupstream (plugin/dottest) answers each in a goroutine of
+// its own, concurrently and out of order, as Unbound, Cloudflare, Quad9 and
+// Google do.
+var upstreams = map[string]string{
+	"coredns":    "CoreDNS serving the zone over DoT (one connection's queries answered one at a time, in order)",
+	"pipelining": "dotupstream (one connection's queries answered concurrently, out of order)",
+}
+
+// runAll runs every scenario against every peer for rounds, with b's
+// upstream, and returns the tables.
+func (b *bench) runAll(scenarios []scenario, ps []peer, rounds int, only string) string {
+	if err := b.setup(); err != nil {
+		log.Fatal(err)
+	}
+	defer b.teardown()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() { // the peers die with the bench; the work directory goes too
+		sig := make(chan os.Signal, 1)
+		signal.Notify(sig, os.Interrupt, syscall.SIGTERM)
+		defer signal.Stop(sig)
+		select {
+		case <-sig:
+			b.teardown()
+			os.Exit(1)
+		case <-stop:
+		}
+	}()
+	log.Printf("upstream: %s", upstreams[b.mode])
 	results := map[string]map[string][]result{} // scenario, peer -> one per round
-	for r := range *rounds {
+	for r := range rounds {
+		b.round = r
 		for _, s := range scenarios {
 			if results[s.name] == nil {
 				results[s.name] = map[string][]result{}
@@ -89,7 +133,7 @@ func main() {
 				log.Printf("round %d, %s, %s: %s", r+1, s.name, p.name, res)
 				results[s.name][p.name] = append(results[s.name][p.name], res)
 			}
-			if s.ceiling && (*only == "" || slices.Contains(strings.Split(*only, ","), "ceiling")) {
+			if s.ceiling && (only == "" || slices.Contains(strings.Split(only, ","), "ceiling")) {
 				res, err := b.ceiling(s)
 				if err == nil {
 					log.Printf("round %d, %s, ceiling: %s", r+1, s.name, res)
@@ -102,19 +146,12 @@ func main() {
 	}
 
 	var md strings.Builder
-	fmt.Fprintf(&md, "Medians of %d rounds, %s per run; %s.\n\n", *rounds, dur, b.machine())
 	for _, s := range scenarios {
 		fmt.Fprintf(&md, "**%s**\n\n", s.name)
 		md.WriteString(table(results[s.name], append(names(ps), "ceiling")))
 		md.WriteString("\n")
 	}
-	md.WriteString(b.versions(ps))
-	fmt.Print(md.String())
-	if *out != "" {
-		if err := os.WriteFile(*out, []byte(md.String()), 0o644); err != nil {
-			log.Fatal(err)
-		}
-	}
+	return md.String()
 }
 
 func names(ps []peer) []string {

@@ -26,12 +26,16 @@ type conf struct {
 	UpHost   string
 	UpPort   string
 	Dir      string // work directory: ca.pem, cert.pem, key.pem, zone.db
+	Pprof    string // host:port for the pprof plugin, with -profile; "" without
 }
 
 var peers = []peer{
 	{name: "dotstub", file: "Corefile.dotstub", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
     bind 127.0.0.1
     multisocket 2
+{{- if .Pprof}}
+    pprof {{.Pprof}}
+{{- end}}
     dotstub . tls://{{.UpHost}}%dns.test:{{.UpPort}} {
         tls {{.Dir}}/ca.pem
     }

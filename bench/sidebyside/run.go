@@ -7,7 +7,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,9 +32,13 @@ const (
 )
 
 type bench struct {
-	bin string
-	dur time.Duration
-	dir string
+	bin  string
+	dur  time.Duration
+	dir  string
+	mode string // the upstream: "coredns" or "pipelining" (see upstreams)
+
+	profile string // with -profile: the directory for dotstub's CPU and allocation profiles
+	round   int    // the round running, for the profiles' names
 
 	upstream string    // host:port of the DoT upstream
 	relay    string    // host:port of the relay that delays it
@@ -58,9 +64,6 @@ func (b *bench) setup() error {
 	if b.dir, err = os.MkdirTemp("", "dotstub-bench-"); err != nil {
 		return err
 	}
-	if out, err := exec.Command(filepath.Join(b.bin, "dotupstream"), "-dir", b.dir, "-certs-only").CombinedOutput(); err != nil {
-		return fmt.Errorf("dotupstream: %v: %s", err, out)
-	}
 	if err := os.MkdirAll(filepath.Join(b.dir, "stubby-appdata"), 0o755); err != nil {
 		return err
 	}
@@ -69,9 +72,26 @@ func (b *bench) setup() error {
 	}
 	upPort := freePort()
 	b.upstream = net.JoinHostPort("127.0.0.1", strconv.Itoa(upPort))
-	up := peer{name: "upstream", file: "Corefile.upstream", conf: upstreamConf, cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}}
-	if b.upCmd, err = b.start(up, conf{Port: upPort}); err != nil {
-		return err
+	switch b.mode {
+	case "coredns":
+		if out, err := exec.Command(filepath.Join(b.bin, "dotupstream"), "-dir", b.dir, "-certs-only").CombinedOutput(); err != nil {
+			return fmt.Errorf("dotupstream: %v: %s", err, out)
+		}
+		up := peer{name: "upstream", file: "Corefile.upstream", conf: upstreamConf, cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}}
+		if b.upCmd, err = b.start(up, conf{Port: upPort}); err != nil {
+			return err
+		}
+	case "pipelining":
+		// dotupstream writes the certificates the peers trust, then serves.
+		up := peer{name: "upstream", file: "dotupstream.args", cmd: []string{"{{bin}}/dotupstream", "-listen", b.upstream, "-dir", b.dir}}
+		if b.upCmd, err = b.start(up, conf{}); err != nil {
+			return err
+		}
+		if err := waitFile(filepath.Join(b.dir, "addr")); err != nil {
+			return fmt.Errorf("dotupstream: %v", err)
+		}
+	default:
+		return fmt.Errorf("upstream %q: want coredns or pipelining", b.mode)
 	}
 	if err := waitTLS(b.upstream); err != nil {
 		return fmt.Errorf("upstream: %v", err)
@@ -137,7 +157,11 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 		up = b.relay
 	}
 	host, port, _ := net.SplitHostPort(up)
-	cmd, err := b.start(p, conf{Port: peerPort, Upstream: up, UpHost: host, UpPort: port})
+	c := conf{Port: peerPort, Upstream: up, UpHost: host, UpPort: port}
+	if b.profile != "" && p.name == "dotstub" {
+		c.Pprof = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort()))
+	}
+	cmd, err := b.start(p, c)
 	if err != nil {
 		return result{}, err
 	}
@@ -150,8 +174,18 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 		return result{}, fmt.Errorf("%s did not answer: %v", p.name, err)
 	}
 	b.dnsperf("127.0.0.1", peerPort, []string{"-c", "10", "-q", "50", "-l", "1"}, false) // warm-up
+	var profiled chan error
+	if c.Pprof != "" {
+		profiled = make(chan error, 1)
+		go func() { profiled <- b.fetchProfiles(c.Pprof, s) }()
+	}
 	cpu0 := cpuSeconds(cmd.Process.Pid)
 	res, err := b.dnsperf("127.0.0.1", peerPort, s.args, s.verbose)
+	if profiled != nil {
+		if perr := <-profiled; perr != nil {
+			log.Printf("profile: %v", perr)
+		}
+	}
 	if err != nil {
 		return res, err
 	}
@@ -165,6 +199,43 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 		res.opened = b.relayAccepted() - relayBefore // exact: the relay counts them
 	}
 	return res, nil
+}
+
+// fetchProfiles takes a CPU profile of the peer's pprof at addr over the
+// dnsperf run (less a second at each end), then its allocation profile, into
+// b.profile, named by upstream, scenario and round.
+func (b *bench) fetchProfiles(addr string, s scenario) error {
+	name := fmt.Sprintf("%s-%s-r%d", b.mode, slug(s.name), b.round+1)
+	secs := max(int(b.dur.Seconds())-2, 1)
+	time.Sleep(time.Second) // dnsperf's ramp-up, not a synchronization
+	for _, p := range []struct{ path, file string }{
+		{fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), "cpu-" + name + ".pprof"},
+		{"/debug/pprof/allocs", "allocs-" + name + ".pprof"},
+	} {
+		resp, err := http.Get("http://" + addr + p.path)
+		if err != nil {
+			return err
+		}
+		f, err := os.Create(filepath.Join(b.profile, p.file))
+		if err == nil {
+			_, err = io.Copy(f, resp.Body)
+			f.Close()
+		}
+		resp.Body.Close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// slug shortens a scenario's name for a file name: "loopback, UDP clients, max
+// throughput (...)" is "udp-max-throughput".
+func slug(name string) string {
+	name, _, _ = strings.Cut(name, " (")
+	name = strings.TrimPrefix(name, "loopback, ")
+	name = strings.NewReplacer(",", "", " clients", "", " ", "-").Replace(strings.ToLower(name))
+	return name
 }
 
 // ceiling measures the upstream alone: dnsperf straight to it over DoT.
@@ -365,6 +436,16 @@ func waitDNS(port int) error {
 }
 
 // waitTLS waits up to 15 s for the upstream to accept connections.
+// waitFile waits for path, which a process writes once it serves.
+func waitFile(path string) error {
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+		if st, err := os.Stat(path); err == nil && st.Size() > 0 {
+			return nil
+		}
+	}
+	return fmt.Errorf("no %s within 15s", path)
+}
+
 func waitTLS(addr string) error {
 	var err error
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
