@@ -6,10 +6,12 @@
 # -duration, -peers, -scenarios, -out).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/need.sh dnsperf:dnsperf unbound:unbound stubby:stubby dnsdist:dnsdist unshare:util-linux ip:iproute2
+scripts/need.sh dnsperf:dnsperf unbound:unbound stubby:stubby dnsdist:dnsdist unshare:util-linux ip:iproute2 \
+	socat:socat nginx:nginx-light /usr/lib/nginx/modules/ngx_stream_module.so:libnginx-mod-stream python3:python3
 mkdir -p bench/out
 go build -o bench/out/coredns ./cmd/coredns
 go build -o bench/out/dotupstream ./cmd/dotupstream
 go build -o bench/out/relay ./bench/relay
 go build -o bench/out/sidebyside ./bench/sidebyside
+cp bench/sidebyside/tlsproxy.py bench/out/
 exec unshare --net bash -c 'ip link set lo up && exec bench/out/sidebyside -bin bench/out "$@"' sidebyside "$@"

@@ -12,11 +12,12 @@ import (
 // A peer is one forwarder under test. Its config is a template over conf;
 // its command runs in the foreground.
 type peer struct {
-	name string
-	file string   // config file name
-	conf string   // template of the config
-	cmd  []string // command line; "{{bin}}" and "{{conf}}" are replaced
-	pkg  string   // Debian package, for the version line
+	name    string
+	file    string   // config file name
+	conf    string   // template of the config
+	cmd     []string // command line; "{{bin}}" and "{{conf}}" are replaced, then each is a template of conf
+	pkg     string   // Debian package, for the version line
+	tcpOnly bool     // takes TCP clients only: a byte-level TCP-to-TLS proxy
 }
 
 // conf is what a peer's config template sees.
@@ -109,6 +110,40 @@ upstream_recursive_servers:
 `},
 	{name: "dnsdist", file: "dnsdist.conf", pkg: "dnsdist", cmd: []string{"dnsdist", "--supervised", "--disable-syslog", "-C", "{{conf}}"}, conf: dnsdistConf("")},
 	{name: "dnsdist maxInFlight=500", file: "dnsdist-inflight.conf", pkg: "dnsdist", cmd: []string{"dnsdist", "--supervised", "--disable-syslog", "-C", "{{conf}}"}, conf: dnsdistConf(", maxInFlight=500")},
+
+	// The byte-level proxies the design notes measured, TCP in and TLS out,
+	// each client connection with an upstream connection of its own; they
+	// read no DNS, so they take TCP clients only. Each verifies the
+	// upstream's chain against the bench CA and its name.
+	{name: "nginx stream proxy_ssl", file: "nginx.conf", pkg: "nginx-light", tcpOnly: true,
+		cmd: []string{"nginx", "-c", "{{conf}}", "-p", "{{.Dir}}", "-e", "{{.Dir}}/nginx-error.log"}, conf: `load_module /usr/lib/nginx/modules/ngx_stream_module.so;
+daemon off;
+worker_processes 2;
+pid {{.Dir}}/nginx.pid;
+events {
+    worker_connections 4096;
+}
+stream {
+    server {
+        listen 127.0.0.1:{{.Port}};
+        proxy_pass {{.Upstream}};
+        proxy_ssl on;
+        proxy_ssl_verify on;
+        proxy_ssl_trusted_certificate {{.Dir}}/ca.pem;
+        proxy_ssl_name dns.test;
+        proxy_ssl_server_name on;
+        proxy_ssl_session_reuse on;
+    }
+}
+`},
+	{name: "socat", file: "socat.args", pkg: "socat", tcpOnly: true, cmd: []string{"socat",
+		"TCP-LISTEN:{{.Port}},bind=127.0.0.1,reuseaddr,fork",
+		"OPENSSL:{{.Upstream}},cafile={{.Dir}}/ca.pem,commonname=dns.test,verify=1"}},
+	{name: "Python asyncio proxy", file: "tlsproxy.conf", tcpOnly: true, cmd: []string{"python3", "{{bin}}/tlsproxy.py", "{{conf}}"}, conf: `listen=127.0.0.1:{{.Port}}
+upstream={{.Upstream}}
+ca={{.Dir}}/ca.pem
+name=dns.test
+`},
 }
 
 func dnsdistConf(extra string) string {
@@ -143,7 +178,12 @@ func render(p peer, bin string, c conf) (*exec.Cmd, error) {
 	}
 	args := make([]string, len(p.cmd))
 	for i, a := range p.cmd {
-		args[i] = strings.NewReplacer("{{bin}}", bin, "{{conf}}", path).Replace(a)
+		var b strings.Builder
+		a = strings.NewReplacer("{{bin}}", bin, "{{conf}}", path).Replace(a)
+		if err := template.Must(template.New(p.name).Parse(a)).Execute(&b, c); err != nil {
+			return nil, err
+		}
+		args[i] = b.String()
 	}
 	cmd := command(args[0], args[1:]...)
 	cmd.Dir = c.Dir

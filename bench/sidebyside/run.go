@@ -170,10 +170,14 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 	sampler := sampleConns(portN)
 	defer sampler.stop()
 	relayBefore := b.relayAccepted()
-	if err := waitDNS(peerPort); err != nil {
+	network, warm := "udp", []string{"-c", "10", "-q", "50", "-l", "1"}
+	if p.tcpOnly {
+		network, warm = "tcp", append([]string{"-m", "tcp"}, warm...)
+	}
+	if err := waitDNS(peerPort, network); err != nil {
 		return result{}, fmt.Errorf("%s did not answer: %v", p.name, err)
 	}
-	b.dnsperf("127.0.0.1", peerPort, []string{"-c", "10", "-q", "50", "-l", "1"}, false) // warm-up
+	b.dnsperf("127.0.0.1", peerPort, warm, false) // warm-up
 	var profiled chan error
 	if c.Pprof != "" {
 		profiled = make(chan error, 1)
@@ -190,7 +194,7 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 		return res, err
 	}
 	cpu := cpuSeconds(cmd.Process.Pid) - cpu0
-	if n := res.qps * b.dur.Seconds(); n > 0 {
+	if n := res.qps * s.seconds(b.dur); n > 0 {
 		res.cpuPer100k = cpu / n * 1e5
 	}
 	res.rssM = peakRSS(cmd.Process.Pid)
@@ -199,6 +203,16 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 		res.opened = b.relayAccepted() - relayBefore // exact: the relay counts them
 	}
 	return res, nil
+}
+
+// seconds is how long dnsperf runs under s: its -l, or d.
+func (s scenario) seconds(d time.Duration) float64 {
+	if i := slices.Index(s.args, "-l"); i >= 0 && i+1 < len(s.args) {
+		if n, err := strconv.Atoi(s.args[i+1]); err == nil {
+			return float64(n)
+		}
+	}
+	return d.Seconds()
 }
 
 // fetchProfiles takes a CPU profile of the peer's pprof at addr over the
@@ -388,27 +402,66 @@ func (s *connSampler) stop() (seen, maxOpen int) {
 
 // cpuSeconds is the user and system CPU time of pid.
 func cpuSeconds(pid int) float64 {
-	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0
-	}
-	stat := string(data)
-	f := strings.Fields(stat[strings.LastIndexByte(stat, ')')+2:]) // fields from the 3rd on
-	ut, _ := strconv.ParseFloat(f[11], 64)
-	st, _ := strconv.ParseFloat(f[12], 64)
-	return (ut + st) / 100 // USER_HZ
-}
-
-// peakRSS is the peak resident set size of pid, MiB.
-func peakRSS(pid int) float64 {
-	data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
-			kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
-			return kb / 1024
+	var sum float64
+	for _, p := range tree(pid) {
+		f := stat(p)
+		if len(f) < 15 {
+			continue
+		}
+		for _, i := range []int{11, 12, 13, 14} { // utime, stime, and those of its children that ended
+			v, _ := strconv.ParseFloat(f[i], 64)
+			sum += v
 		}
 	}
-	return 0
+	return sum / 100 // USER_HZ
+}
+
+// stat returns the fields of /proc/PID/stat from the third on.
+func stat(pid int) []string {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return nil
+	}
+	s := string(data)
+	return strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+}
+
+// tree returns pid and the processes under it, live: a forwarder that forks
+// (nginx's workers, socat's child per connection) is all of them.
+func tree(pid int) []int {
+	parent := map[int][]int{}
+	ents, _ := os.ReadDir("/proc")
+	for _, e := range ents {
+		p, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if f := stat(p); len(f) > 1 {
+			pp, _ := strconv.Atoi(f[1])
+			parent[pp] = append(parent[pp], p)
+		}
+	}
+	out := []int{pid}
+	for i := 0; i < len(out); i++ {
+		out = append(out, parent[out[i]]...)
+	}
+	return out
+}
+
+// peakRSS is the peak resident set size of pid and the processes under it,
+// added up, MiB.
+func peakRSS(pid int) float64 {
+	var sum float64
+	for _, p := range tree(pid) {
+		data, _ := os.ReadFile(fmt.Sprintf("/proc/%d/status", p))
+		for _, line := range strings.Split(string(data), "\n") {
+			if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+				kb, _ := strconv.ParseFloat(strings.Fields(v)[0], 64)
+				sum += kb / 1024
+			}
+		}
+	}
+	return sum
 }
 
 func freePort() int {
@@ -421,10 +474,10 @@ func freePort() int {
 }
 
 // waitDNS waits up to 15 s for a UDP answer on port.
-func waitDNS(port int) error {
+func waitDNS(port int, network string) error {
 	m := new(dns.Msg)
 	m.SetQuestion("name0.bench.test.", dns.TypeA)
-	c := &dns.Client{Timeout: 500 * time.Millisecond}
+	c := &dns.Client{Net: network, Timeout: 500 * time.Millisecond}
 	var err error
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 		var a *dns.Msg
@@ -435,7 +488,6 @@ func waitDNS(port int) error {
 	return err
 }
 
-// waitTLS waits up to 15 s for the upstream to accept connections.
 // waitFile waits for path, which a process writes once it serves.
 func waitFile(path string) error {
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
@@ -446,6 +498,7 @@ func waitFile(path string) error {
 	return fmt.Errorf("no %s within 15s", path)
 }
 
+// waitTLS waits up to 15 s for the upstream to accept connections.
 func waitTLS(addr string) error {
 	var err error
 	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
