@@ -8,8 +8,8 @@
 #                with podman or docker (scripts/image.sh; ENGINE_FLAGS for the engine's own flags)
 #   make release dist/: static coredns and dotpin, and the image as an OCI archive, for linux/amd64
 #                and linux/arm64, with SHA256SUMS (scripts/release.sh)
-#   make bench   dotstub side by side with forward, Unbound, Stubby and dnsdist, against two upstreams
-#                (about 30 minutes; BENCHFLAGS="-upstreams coredns" for one)
+#   make bench   dotstub side by side with forward, Unbound, Stubby, dnsdist, nginx, socat and a Python
+#                proxy, against two upstreams (over an hour; BENCHFLAGS="-rounds 1 -upstreams coredns")
 #   make profile CPU and allocation profiles of dotstub under the UDP and TCP loads (bench/out/profiles)
 #   make bench-failover   dotstub and forward when upstreams die, stall or lag (about 3 minutes)
 #   make soak    ./coredns under a steady load for SOAK (10m): memory, descriptors, goroutines
