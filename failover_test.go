@@ -179,7 +179,10 @@ func TestEveryUpstreamStalledServfailsWithinTimeout(t *testing.T) {
 	}
 }
 
-func TestFailfastAllUnhealthy(t *testing.T) {
+// allDown returns a dotstub with failfast_all_unhealthy_upstreams whose two
+// upstreams refuse connections and have been marked down.
+func allDown(t *testing.T) *Dotstub {
+	t.Helper()
 	a, b := pair(t, nil, nil)
 	a.Close()
 	b.Close()
@@ -187,6 +190,11 @@ func TestFailfastAllUnhealthy(t *testing.T) {
 	for range 4 { // two failures each mark both down
 		ask(t, d, "www.example.org")
 	}
+	return d
+}
+
+func TestFailfastAllUnhealthy(t *testing.T) {
+	d := allDown(t)
 	for _, u := range d.upstreams {
 		if !u.Down() {
 			t.Fatalf("%s is not down", u.Name())

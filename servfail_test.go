@@ -105,14 +105,7 @@ func TestServfailSaysWhy(t *testing.T) {
 }
 
 func TestServfailMarkedDownSaysWhy(t *testing.T) {
-	a, b := pair(t, nil, nil)
-	a.Close()
-	b.Close()
-	d := newDotstub(t, twoUpstreams(t, a, b, "failfast_all_unhealthy_upstreams", "health_check 1h"))
-	for range 4 { // two failures each mark both down
-		ask(t, d, "www.example.org")
-	}
-	rcode, ans, err := serve(t, d, false, ednsQuery())
+	rcode, ans, err := serve(t, allDown(t), false, ednsQuery())
 	if !plugin.ClientWrite(rcode) || !errors.Is(err, ErrNoHealthy) || ans == nil {
 		t.Fatalf("ServeDNS = %d, %v, %v; want the answer written and %v", rcode, ans, err, ErrNoHealthy)
 	}

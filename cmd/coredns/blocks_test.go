@@ -23,15 +23,8 @@ import (
 // shows in the other's.
 func TestBlocksKeepTheirOwnSeries(t *testing.T) {
 	bin := buildCoreDNS(t)
-	srv := dottest.New(t, dottest.Options{})
-	foreign := dottest.New(t, dottest.Options{CA: srv.CA}) // same CA, another key
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, srv.CA.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	host, uport, _ := net.SplitHostPort(srv.Addr)
-	to := fmt.Sprintf("tls://%s%%%s:%s", host, dottest.DefaultName, uport)
+	f := newPinFixture(t)
+	srv, foreign, dir, ca, to := f.srv, f.foreign, f.dir, f.ca, f.to
 	port, mport := freePort(t), freePort(t)
 	cd := startCoreDNS(t, bin, dir, fmt.Sprintf(`.:%[1]s {
     bind 127.0.0.1
@@ -114,6 +107,27 @@ corp.example:%[1]s {
 	if n := srv.Queries(); n != 3 {
 		t.Errorf("the upstream received %d queries, want the 3 of block .: none from the block that refuses its key", n)
 	}
+}
+
+// pinFixture is a DoT upstream, another server with the same CA and another
+// key (a key to pin that the upstream does not have), a directory holding the
+// CA's certificate, and the upstream as a TO.
+type pinFixture struct {
+	srv, foreign *dottest.Server
+	dir, ca, to  string
+}
+
+func newPinFixture(t *testing.T) pinFixture {
+	t.Helper()
+	f := pinFixture{srv: dottest.New(t, dottest.Options{}), dir: t.TempDir()}
+	f.foreign = dottest.New(t, dottest.Options{CA: f.srv.CA})
+	f.ca = filepath.Join(f.dir, "ca.pem")
+	if err := os.WriteFile(f.ca, f.srv.CA.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(f.srv.Addr)
+	f.to = fmt.Sprintf("tls://%s%%%s:%s", host, dottest.DefaultName, port)
+	return f
 }
 
 // hasSeries reports whether page holds a series of name whose labels hold

@@ -4,16 +4,11 @@ package main
 
 import (
 	"fmt"
-	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
-
-	"github.com/dotstub/dotstub/plugin/dottest"
 )
 
 // TestServfailWrittenOnce: on one TCP connection, a query whose upstream
@@ -23,17 +18,9 @@ import (
 // logs the failure.
 func TestServfailWrittenOnce(t *testing.T) {
 	bin := buildCoreDNS(t)
-	srv := dottest.New(t, dottest.Options{})
-	foreign := dottest.New(t, dottest.Options{CA: srv.CA})
-	dir := t.TempDir()
-	ca := filepath.Join(dir, "ca.pem")
-	if err := os.WriteFile(ca, srv.CA.PEM, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	host, uport, _ := net.SplitHostPort(srv.Addr)
-	to := fmt.Sprintf("tls://%s%%%s:%s", host, dottest.DefaultName, uport)
+	f := newPinFixture(t)
 	port := freePort(t)
-	cd := startCoreDNS(t, bin, dir, fmt.Sprintf(`.:%[1]s {
+	cd := startCoreDNS(t, bin, f.dir, fmt.Sprintf(`.:%[1]s {
     bind 127.0.0.1
     errors
     dotstub pinned.test %[2]s {
@@ -44,7 +31,7 @@ func TestServfailWrittenOnce(t *testing.T) {
         tls %[3]s
     }
 }
-`, port, to, ca, foreign.Leaf.Pin()))
+`, port, f.to, f.ca, f.foreign.Leaf.Pin()))
 
 	c, err := dns.Dial("tcp", "127.0.0.1:"+port)
 	if err != nil {
