@@ -71,7 +71,15 @@ type children struct {
 	hedgeWon, hedgeLost           prometheus.Counter
 	certExpiry                    prometheus.Gauge
 	connAnswers                   prometheus.Observer
+
+	// byRcode caches, for each RCODE of the header (0-15), its two
+	// histograms: an answer's metrics cost two observations, not two label
+	// lookups. Filled on first use.
+	byRcode [16]atomic.Pointer[rcodeObservers]
 }
+
+// rcodeObservers are the histograms of one RCODE.
+type rcodeObservers struct{ duration, proxyDuration prometheus.Observer }
 
 func (s *series) start(b block) {
 	lv := []string{b.server, b.zones, b.view, s.to}
@@ -109,14 +117,32 @@ func (s *series) stop() []string {
 
 // answered records an answer with rcode that took took.
 func (s *series) answered(rcode int, took time.Duration) {
-	if c := s.m.Load(); c != nil {
-		rc, secs := dns.RcodeToString[rcode], took.Seconds()
-		if rc == "" {
-			rc = strconv.Itoa(rcode)
-		}
-		c.duration.WithLabelValues(rc).Observe(secs)
-		c.proxyDuration.WithLabelValues(rc).Observe(secs)
+	c := s.m.Load()
+	if c == nil {
+		return
 	}
+	o := c.observers(rcode)
+	o.duration.Observe(took.Seconds())
+	o.proxyDuration.Observe(took.Seconds())
+}
+
+// observers returns the histograms of rcode, from the cache when it has them.
+func (c *children) observers(rcode int) *rcodeObservers {
+	cached := rcode >= 0 && rcode < len(c.byRcode)
+	if cached {
+		if o := c.byRcode[rcode].Load(); o != nil {
+			return o
+		}
+	}
+	rc := dns.RcodeToString[rcode]
+	if rc == "" {
+		rc = strconv.Itoa(rcode)
+	}
+	o := &rcodeObservers{duration: c.duration.WithLabelValues(rc), proxyDuration: c.proxyDuration.WithLabelValues(rc)}
+	if cached {
+		c.byRcode[rcode].Store(o)
+	}
+	return o
 }
 
 // failed records an exchange that brought no usable answer.
