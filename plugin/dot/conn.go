@@ -304,8 +304,10 @@ func (c *conn) writeLoop() {
 // short to be a message.
 func (c *conn) readLoop() {
 	br := bufio.NewReaderSize(c.tc, 16<<10)
+	var buf []byte
 	for {
-		buf, err := ReadFrame(br)
+		var err error
+		buf, err = readFrameInto(br, buf)
 		if err != nil {
 			c.fail(err)
 			return

@@ -16,7 +16,12 @@ var errShortFrame = errors.New("frame shorter than a DNS header")
 // ReadFrame reads one DNS message framed by a two-byte length (RFC 1035
 // section 4.2.2) from r and returns it in a new buffer. A frame shorter than a
 // DNS header is an error: the stream cannot be trusted after it.
-func ReadFrame(r io.Reader) ([]byte, error) {
+func ReadFrame(r io.Reader) ([]byte, error) { return readFrameInto(r, nil) }
+
+// readFrameInto is ReadFrame into buf, grown as needed: a connection's reader
+// reads every answer into one buffer, since unpacking an answer copies all
+// it keeps (TestUnpackKeepsNothingOfTheFrame).
+func readFrameInto(r io.Reader, buf []byte) ([]byte, error) {
 	var hdr [2]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -25,7 +30,10 @@ func ReadFrame(r io.Reader) ([]byte, error) {
 	if n < headerLen {
 		return nil, fmt.Errorf("%w: %d bytes", errShortFrame, n)
 	}
-	buf := make([]byte, n)
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
 	if _, err := io.ReadFull(r, buf); err != nil {
 		if err == io.EOF {
 			err = io.ErrUnexpectedEOF

@@ -5,8 +5,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"net"
 	"testing"
 	"testing/iotest"
+
+	"github.com/miekg/dns"
 )
 
 func TestReadFrame(t *testing.T) {
@@ -78,4 +81,59 @@ func FuzzReadFrame(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestUnpackKeepsNothingOfTheFrame: an answer unpacked from a frame shares no
+// memory with it, whatever its records and options, so the reader may read
+// the next frame into the same buffer (readFrameInto).
+func TestUnpackKeepsNothingOfTheFrame(t *testing.T) {
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeANY)
+	m.Response = true
+	for _, s := range []string{
+		"www.example.org. 60 IN A 192.0.2.1",
+		"www.example.org. 60 IN AAAA 2001:db8::1",
+		"www.example.org. 60 IN TXT \"some text\" \"more\"",
+		"www.example.org. 60 IN MX 10 mail.example.org.",
+		"www.example.org. 60 IN CAA 0 issue \"ca.example.net\"",
+		"www.example.org. 60 IN HTTPS 1 . alpn=h2,h3 ipv4hint=192.0.2.1 ech=AEj+DQBEAQAgACA=",
+		"www.example.org. 60 IN SSHFP 1 1 dc5f1a7b6b1e2d4e",
+		"www.example.org. 60 IN TYPE65280 \\# 4 0a000001",
+		"www.example.org. 60 IN DS 12345 13 2 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+		"www.example.org. 60 IN NSEC3PARAM 1 0 0 abcd",
+		"www.example.org. 60 IN TLSA 3 1 1 0123456789abcdef",
+		"www.example.org. 60 IN APL 1:192.0.2.0/24",
+	} {
+		rr, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatalf("%s: %v", s, err)
+		}
+		m.Answer = append(m.Answer, rr)
+	}
+	m.SetEdns0(1232, true)
+	opt := m.IsEdns0()
+	opt.Option = append(opt.Option,
+		&dns.EDNS0_PADDING{Padding: make([]byte, 16)},
+		&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"},
+		&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 0).To4()},
+		&dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeOther, ExtraText: "text"},
+		&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "6e73"},
+		&dns.EDNS0_LOCAL{Code: 65001, Data: []byte{1, 2, 3}},
+	)
+	wire, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	buf := append([]byte(nil), wire...)
+	a := unpackAnswer(buf)
+	if a == nil {
+		t.Fatal("the answer did not unpack")
+	}
+	before := a.String()
+	for i := range buf {
+		buf[i] = 0xff
+	}
+	if after := a.String(); after != before {
+		t.Errorf("the answer changed with the buffer it was unpacked from:\n%s\nwas\n%s", after, before)
+	}
 }
