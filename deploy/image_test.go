@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -95,18 +96,10 @@ func TestImage(t *testing.T) {
 		t.Fatalf("scripts/image.sh: %v\n%s", err, out)
 	}
 	image := imageName + ":" + imageVersion
-	t.Cleanup(func() { p.cmd("rmi", "-f", image, image+"-"+hostArch(t)).Run() })
+	t.Cleanup(func() { p.cmd("rmi", "-f", image, image+"-"+runtime.GOARCH).Run() })
 
 	t.Run("content", func(t *testing.T) { checkImageContent(t, p, image) })
 	t.Run("runs as deployed", func(t *testing.T) { runImage(t, p, image, dir) })
-}
-
-func hostArch(t *testing.T) string {
-	out, err := exec.Command("go", "env", "GOARCH").Output()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return strings.TrimSpace(string(out))
 }
 
 // checkImageContent checks the image's configuration and its files: the

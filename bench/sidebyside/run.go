@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"log"
@@ -102,14 +101,12 @@ func (b *bench) setup() error {
 	if err := b.relayCmd.Start(); err != nil {
 		return err
 	}
-	for range 100 {
-		if a, err := os.ReadFile(addrFile); err == nil && len(a) > 0 {
-			b.relay = strings.TrimSpace(string(a))
-			return nil
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := waitFile(addrFile); err != nil {
+		return fmt.Errorf("relay: %v", err)
 	}
-	return errors.New("relay did not start")
+	a, err := os.ReadFile(addrFile)
+	b.relay = strings.TrimSpace(string(a))
+	return err
 }
 
 func (b *bench) teardown() {
