@@ -54,7 +54,7 @@ func poolEvents(s *series) dot.Events {
 					c.fresh.Inc()
 				}
 				if !expires.IsZero() {
-					c.certExpiry.Set(float64(expires.Unix()))
+					c.certExpiry.WithLabelValues().Set(float64(expires.Unix()))
 				}
 			}
 			mu.Lock()

@@ -187,3 +187,21 @@ func sampleCount(t *testing.T, name string, values ...string) uint64 {
 	t.Helper()
 	return seriesOf(t, name, values...).GetHistogram().GetSampleCount()
 }
+
+// TestNoExpiryBeforeAHandshake: an upstream that never completed a handshake
+// (here it fails validation) has no certificate expiry series, which would
+// read 0, the epoch, and page as a certificate long expired.
+func TestNoExpiryBeforeAHandshake(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	other := dottest.New(t, dottest.Options{}) // its own CA: srv fails validation against it
+	d := newDotstub(t, fmt.Sprintf("dotstub . %s {\n tls %s\n}", upstreamFor(srv), caFile(t, other)))
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeA)
+	serve(t, d, false, m)
+	if s := seriesOf(t, "coredns_dotstub_cert_expiry_timestamp_seconds", upstreamFor(srv)); s != nil {
+		t.Errorf("an upstream with no handshake has an expiry series: %v", s)
+	}
+	if s := seriesOf(t, "coredns_dotstub_dials_total", upstreamFor(srv), "verify_failed"); s == nil {
+		t.Error("no failed dial counted: the test did not dial")
+	}
+}

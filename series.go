@@ -69,7 +69,7 @@ type children struct {
 	probeFailures, proxyProbeFail prometheus.Counter
 	pinMismatches                 prometheus.Counter
 	hedgeWon, hedgeLost           prometheus.Counter
-	certExpiry                    prometheus.Gauge
+	certExpiry                    *prometheus.GaugeVec // fully curried: made at the first handshake, so no 0 "expires at the epoch" before it
 	connAnswers                   prometheus.Observer
 
 	// byRcode caches, for each RCODE of the header (0-15), its two
@@ -101,7 +101,7 @@ func (s *series) start(b block) {
 		pinMismatches:  pinReportOnlyMismatches.WithLabelValues(lv...),
 		hedgeWon:       hedges.WithLabelValues(append(lv, "won")...),
 		hedgeLost:      hedges.WithLabelValues(append(lv, "lost")...),
-		certExpiry:     certExpiry.WithLabelValues(lv...),
+		certExpiry:     certExpiry.MustCurryWith(l),
 		connAnswers:    connQueries.WithLabelValues(lv...),
 	})
 }
