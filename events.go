@@ -36,6 +36,7 @@ func poolEvents(s *series) dot.Events {
 		lastLog   time.Time
 		warned    time.Time // the expiry last warned of
 		untrusted time.Time // when a connection closed for bad answers was last logged
+		spread    sync.Once
 	)
 	return dot.Events{
 		Dialed: func(err error, st *tls.ConnectionState) {
@@ -106,6 +107,11 @@ func poolEvents(s *series) dot.Events {
 		},
 		Limit: func(n int) {
 			log.Infof("Upstream %s: closes each connection after %d queries; sending at most %d on each", to, n, n)
+		},
+		Spread: func(conns int) {
+			spread.Do(func() {
+				log.Infof("Upstream %s: answers the queries of a connection one at a time; spreading them over up to %d connections when they queue", to, conns)
+			})
 		},
 	}
 }

@@ -85,8 +85,9 @@ type connOwner interface {
 	// confused is how many the connection has had, answered its answers.
 	misrouted(confused, answered int)
 	// inOrder reports that the connection's answers show an upstream that
-	// works on one query at a time (see order.judge).
-	inOrder()
+	// works on its queries one at a time, and takes long over each (slow):
+	// see order.judge.
+	inOrder(slow bool)
 	// bad reports an answer dropped for reason.
 	bad(reason BadReason)
 }

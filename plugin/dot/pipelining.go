@@ -22,17 +22,29 @@ import (
 // connections (serialMaxConns when MaxConns is not set), for serialFor; then
 // pipelining is tried again. With one query per connection, every answer can
 // be told for what query it is.
+//
+// Many more upstreams handle pipelining but work on each connection's queries
+// one at a time, fast (CoreDNS and every miekg/dns server, for one): the
+// answers come in order with short gaps, and a query's latency grows with the
+// number queued before it on its connection, though each answer takes
+// microseconds. order.judge notices this too; the pool then spreads its
+// queries over up to MaxConns connections, so that the upstream works on
+// several at once, for spreadFor after the last sign of it. An upstream that
+// works on a connection's queries concurrently answers out of order, and is
+// sent them on as few connections as their number needs (see Pool.pick).
 const (
 	serialStrikes  = 2
 	serialMaxConns = 32
 	serialFor      = 5 * time.Minute
+	spreadFor      = 5 * time.Minute
 
 	// orderWindow answers that waited behind an earlier one, all in order,
-	// a mean gap between them of at least longGap, and a mean latency of at
-	// least 1.5 times the fastest answer's make an upstream that works on
-	// one query at a time. An upstream that answers from memory leaves gaps
+	// with a mean latency of at least 1.5 times the fastest answer's, make
+	// an upstream that works on a connection's queries one at a time; with a
+	// mean gap between them of at least longGap, one that should be sent one
+	// query per connection. An upstream that answers from memory leaves gaps
 	// of microseconds between answers: pipelining is still the faster way
-	// to it.
+	// to it, over several connections.
 	orderWindow = 32
 	longGap     = 5 * time.Millisecond
 
@@ -63,8 +75,9 @@ type order struct {
 }
 
 // judge takes in the answer to cl, which arrived at now, and reports whether
-// the window it completes shows an upstream that works on one query at a time.
-func (o *order) judge(cl *call, now int64) bool {
+// the window it completes shows an upstream that works on the connection's
+// queries one at a time (inOrder), and whether it takes long over each (slow).
+func (o *order) judge(cl *call, now int64) (inOrder, slow bool) {
 	lat := now - cl.sent
 	if o.fastest == 0 || lat < o.fastest {
 		o.fastest = lat
@@ -77,19 +90,18 @@ func (o *order) judge(cl *call, now int64) bool {
 		o.overtook = true
 	}
 	if prevAt < cl.sent { // the previous answer came before cl left: cl waited behind nothing
-		return false
+		return false, false
 	}
 	o.n++
 	o.gaps += now - prevAt
 	o.lats += lat
 	if o.n < orderWindow {
-		return false
+		return false, false
 	}
-	oneAtATime := !o.overtook &&
-		o.gaps >= orderWindow*int64(longGap) &&
-		2*o.lats >= 3*orderWindow*o.fastest
+	inOrder = !o.overtook && 2*o.lats >= 3*orderWindow*o.fastest
+	slow = o.gaps >= orderWindow*int64(longGap)
 	o.n, o.overtook, o.gaps, o.lats = 0, false, 0, 0
-	return oneAtATime
+	return inOrder, inOrder && slow
 }
 
 // serial reports whether the pool sends one query per connection.
@@ -134,7 +146,23 @@ func (p *Pool) goSerial(why string) {
 }
 
 // inOrder implements connOwner.
-func (p *Pool) inOrder() { p.goSerial(WhyInOrder) }
+func (p *Pool) inOrder(slow bool) {
+	if slow {
+		p.goSerial(WhyInOrder)
+		return
+	}
+	now := time.Now().UnixNano()
+	if p.spreadUntil.Swap(now+int64(spreadFor)) < now && p.cfg.Events.Spread != nil {
+		p.cfg.Events.Spread(p.maxConns())
+	}
+}
+
+// spreading reports whether the pool spreads its queries over connections
+// because the upstream works on each connection's queries one at a time.
+func (p *Pool) spreading() bool {
+	u := p.spreadUntil.Load()
+	return u != 0 && time.Now().UnixNano() < u
+}
 
 // misrouted implements connOwner.
 func (p *Pool) misrouted(confused, answered int) {

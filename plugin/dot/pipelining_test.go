@@ -179,6 +179,153 @@ func TestFastInOrderUpstreamStaysPipelined(t *testing.T) {
 	wantNoSerial(t, serial)
 }
 
+// answersPerConn counts the answers an upstream wrote on each connection.
+type answersPerConn struct {
+	mu sync.Mutex
+	n  map[net.Conn]int
+}
+
+func (a *answersPerConn) add(c net.Conn) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.n == nil {
+		a.n = map[net.Conn]int{}
+	}
+	a.n[c]++
+}
+
+// conns returns how many connections carried at least least answers.
+func (a *answersPerConn) conns(least int) (n int) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, k := range a.n {
+		if k >= least {
+			n++
+		}
+	}
+	return n
+}
+
+// stream sends n queries from each of workers loops, one after the other in
+// each, and returns how many failed: a steady load of workers queries in
+// flight, as many clients keep.
+func stream(t *testing.T, p *Pool, workers, n int) (failed int) {
+	var wg sync.WaitGroup
+	var f atomic.Int32
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range n {
+				if _, err := exchange(t, p, fmt.Sprintf("w%d-%d.example.org", w, i), 10*time.Second); err != nil {
+					f.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return int(f.Load())
+}
+
+func TestQueuedQueriesAreSpreadOverConns(t *testing.T) {
+	// An upstream that answers each connection's queries one at a time, in
+	// microseconds: sixteen queries in flight on one connection wait on each
+	// other, while the upstream could work on four connections at once.
+	var per answersPerConn
+	inOrder := oneAtATime(0)
+	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+		per.add(c)
+		return inOrder(c, frame)
+	}})
+	spread := make(chan int, 4)
+	events, serial := serialEvents()
+	p := newPool(t, srv, func(c *Config) {
+		events(c)
+		c.MaxConns = 3
+		c.Events.Spread = func(n int) { spread <- n }
+	})
+	if failed := stream(t, p, 16, 40); failed != 0 {
+		t.Errorf("%d of 640 queries failed", failed)
+	}
+	select {
+	case n := <-spread:
+		if n != 3 {
+			t.Errorf("spreading over up to %d connections, want max_conns 3", n)
+		}
+	default:
+		t.Fatal("queries that wait on each other on one connection were not spread")
+	}
+	if len(spread) != 0 {
+		t.Errorf("Spread reported %d more times, want once", len(spread))
+	}
+	wantNoSerial(t, serial)
+	// Once spreading, every connection up to max_conns takes its share.
+	before := per.conns(1)
+	if failed := stream(t, p, 16, 40); failed != 0 {
+		t.Errorf("%d of 640 queries failed while spreading", failed)
+	}
+	if n := per.conns(20); n != 3 {
+		t.Errorf("%d connections carried 20 answers or more, want max_conns 3 (%d before spreading)", n, before)
+	}
+	if n := per.conns(1); n > 3 {
+		t.Errorf("%d connections opened, past max_conns 3", n)
+	}
+}
+
+func TestConcurrentUpstreamKeepsOneConn(t *testing.T) {
+	// An upstream that works on a connection's queries at once, so that its
+	// answers overtake each other: of each two queries it reads it answers
+	// the second first (a query left alone goes out a millisecond later).
+	var (
+		per  answersPerConn
+		mu   sync.Mutex // guards held and the writes
+		held = map[net.Conn][]byte{}
+	)
+	write := func(c net.Conn, q []byte) {
+		m := new(dns.Msg)
+		if m.Unpack(q) != nil {
+			return
+		}
+		a := pack(dottest.Answer(m))
+		c.Write(append([]byte{byte(len(a) >> 8), byte(len(a))}, a...))
+		per.add(c)
+	}
+	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+		mu.Lock()
+		defer mu.Unlock()
+		first, ok := held[c]
+		if !ok {
+			held[c] = frame
+			time.AfterFunc(time.Millisecond, func() {
+				mu.Lock()
+				defer mu.Unlock()
+				if q, ok := held[c]; ok && &q[0] == &frame[0] {
+					delete(held, c)
+					write(c, q)
+				}
+			})
+			return true
+		}
+		delete(held, c)
+		write(c, frame)
+		write(c, first)
+		return true
+	}})
+	events, serial := serialEvents()
+	p := newPool(t, srv, func(c *Config) {
+		events(c)
+		c.MaxConns = 3
+		c.Events.Spread = func(int) { t.Error("an upstream that answers out of order had its queries spread") }
+	})
+	if failed := stream(t, p, 16, 40); failed != 0 {
+		t.Errorf("%d of 640 queries failed", failed)
+	}
+	wantNoSerial(t, serial)
+	if n := per.conns(1); n != 1 {
+		t.Errorf("%d connections carried 16 queries in flight, want 1", n)
+	}
+}
+
 func TestSlowParallelUpstreamStaysPipelined(t *testing.T) {
 	// Every answer takes 10ms, but they are worked on at once.
 	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {

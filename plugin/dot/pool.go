@@ -114,6 +114,11 @@ type Events struct {
 	// Limit reports that the upstream closes its connections after n
 	// queries, so that the pool now writes at most n on each.
 	Limit func(n int)
+	// Spread reports that the upstream works on each connection's queries
+	// one at a time, so that the pool now spreads its queries over up to
+	// conns connections (see pipelining.go). It comes again only after the
+	// pool had gone back to filling one connection before the next.
+	Spread func(conns int)
 }
 
 // ErrClosed is the error of an Exchange on a closed pool.
@@ -145,6 +150,7 @@ type Pool struct {
 	waiting     atomic.Int32            // queries waiting for a slot
 	dialing     atomic.Bool             // a dial is under way; written under mu
 	serialUntil atomic.Int64            // unix nanoseconds: one query per connection until then; written under mu
+	spreadUntil atomic.Int64            // unix nanoseconds: spread queries over connections until then
 	limit       atomic.Int32            // queries per connection the upstream allows, as learned; zero for none
 
 	mu       sync.Mutex // guards the fields below and writes of conns; taken before any conn's
@@ -406,8 +412,15 @@ func (p *Pool) pick(cl *call, notBefore time.Time) (c *conn, more bool) {
 func (p *Pool) stallAfter() time.Duration { return min(p.cfg.Timeout/2, maxStall) }
 
 // spreadAt is the number of queries in flight that makes a connection busy:
-// when every connection is busy, the pool opens another, up to maxConns.
-func (p *Pool) spreadAt() int { return max(1, p.maxInflight()/8) }
+// when every connection is busy, the pool opens another, up to maxConns. A
+// connection to an upstream that works on its queries one at a time is busy
+// with one.
+func (p *Pool) spreadAt() int {
+	if p.spreading() {
+		return 1
+	}
+	return max(1, p.maxInflight()/8)
+}
 
 // released implements connOwner: it wakes the queries waiting for a slot.
 func (p *Pool) released() {

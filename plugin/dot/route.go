@@ -59,7 +59,8 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 		deliver *call
 		failed  []*call
 		reason  BadReason
-		serial  bool
+		inOrder bool
+		slow    bool
 		cause   error
 	)
 	c.mu.Lock()
@@ -78,7 +79,7 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 		deliver = cl
 		c.good++
 		c.removeLocked(id)
-		serial = c.order.judge(cl, now)
+		inOrder, slow = c.order.judge(cl, now)
 		if cl.keepalive {
 			c.keepaliveLocked(a)
 		}
@@ -121,8 +122,8 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 	if misrouted {
 		c.owner.misrouted(confused, answered)
 	}
-	if serial {
-		c.owner.inOrder()
+	if inOrder {
+		c.owner.inOrder(slow)
 	}
 	c.finish(failed, done, cause)
 }
