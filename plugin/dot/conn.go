@@ -84,10 +84,9 @@ type connOwner interface {
 	// misrouted reports an answer that named the wrong query, or none;
 	// confused is how many the connection has had, answered its answers.
 	misrouted(confused, answered int)
-	// inOrder reports that the connection's answers show an upstream that
-	// works on its queries one at a time, and takes long over each (slow):
-	// see order.judge.
-	inOrder(slow bool)
+	// judged reports the verdict on a window of the connection's answers
+	// (see order.judge).
+	judged(v verdict)
 	// bad reports an answer dropped for reason.
 	bad(reason BadReason)
 }

@@ -30,8 +30,9 @@ import (
 // microseconds. order.judge notices this too; the pool then spreads its
 // queries over up to MaxConns connections, so that the upstream works on
 // several at once, for spreadFor after the last sign of it. An upstream that
-// works on a connection's queries concurrently answers out of order, and is
-// sent them on as few connections as their number needs (see Pool.pick).
+// works on a connection's queries concurrently answers some out of order; it
+// is sent them on as few connections as their number needs (see Pool.pick),
+// and is not spread for spreadFor after the last answer that overtook.
 const (
 	serialStrikes  = 2
 	serialMaxConns = 32
@@ -74,10 +75,24 @@ type order struct {
 	lats     int64  // sum over the window of the time to the answer
 }
 
-// judge takes in the answer to cl, which arrived at now, and reports whether
-// the window it completes shows an upstream that works on the connection's
-// queries one at a time (inOrder), and whether it takes long over each (slow).
-func (o *order) judge(cl *call, now int64) (inOrder, slow bool) {
+// verdict is what order.judge makes of a window of answers.
+type verdict uint8
+
+const (
+	noVerdict verdict = iota
+	// concurrent: an answer overtook an earlier query's; the upstream works
+	// on several of a connection's queries at once.
+	concurrent
+	// queued: every answer came in order, each having waited behind the one
+	// before; the upstream works on a connection's queries one at a time.
+	queued
+	// slow: queued, with long gaps between the answers.
+	slow
+)
+
+// judge takes in the answer to cl, which arrived at now, and returns the
+// verdict on the window it completes, if it completes one.
+func (o *order) judge(cl *call, now int64) verdict {
 	lat := now - cl.sent
 	if o.fastest == 0 || lat < o.fastest {
 		o.fastest = lat
@@ -90,18 +105,26 @@ func (o *order) judge(cl *call, now int64) (inOrder, slow bool) {
 		o.overtook = true
 	}
 	if prevAt < cl.sent { // the previous answer came before cl left: cl waited behind nothing
-		return false, false
+		return noVerdict
 	}
 	o.n++
 	o.gaps += now - prevAt
 	o.lats += lat
 	if o.n < orderWindow {
-		return false, false
+		return noVerdict
 	}
-	inOrder = !o.overtook && 2*o.lats >= 3*orderWindow*o.fastest
-	slow = o.gaps >= orderWindow*int64(longGap)
+	v := noVerdict
+	switch {
+	case o.overtook:
+		v = concurrent
+	case 2*o.lats < 3*orderWindow*o.fastest: // no query waited long
+	case o.gaps >= orderWindow*int64(longGap):
+		v = slow
+	default:
+		v = queued
+	}
 	o.n, o.overtook, o.gaps, o.lats = 0, false, 0, 0
-	return inOrder, inOrder && slow
+	return v
 }
 
 // serial reports whether the pool sends one query per connection.
@@ -145,15 +168,23 @@ func (p *Pool) goSerial(why string) {
 	}
 }
 
-// inOrder implements connOwner.
-func (p *Pool) inOrder(slow bool) {
-	if slow {
-		p.goSerial(WhyInOrder)
-		return
-	}
+// judged implements connOwner. An upstream seen to answer out of order is not
+// spread over connections for spreadFor: more connections would not make it
+// work on more queries at once.
+func (p *Pool) judged(v verdict) {
 	now := time.Now().UnixNano()
-	if p.spreadUntil.Swap(now+int64(spreadFor)) < now && p.cfg.Events.Spread != nil {
-		p.cfg.Events.Spread(p.maxConns())
+	switch v {
+	case slow:
+		p.goSerial(WhyInOrder)
+	case concurrent:
+		if p.concurrentUntil.Load() < now+int64(spreadFor)/2 { // now and then, not on every window
+			p.concurrentUntil.Store(now + int64(spreadFor))
+			p.spreadUntil.Store(0)
+		}
+	case queued:
+		if p.concurrentUntil.Load() < now && p.spreadUntil.Swap(now+int64(spreadFor)) < now && p.cfg.Events.Spread != nil {
+			p.cfg.Events.Spread(p.maxConns())
+		}
 	}
 }
 

@@ -272,12 +272,12 @@ func TestQueuedQueriesAreSpreadOverConns(t *testing.T) {
 	}
 }
 
-func TestConcurrentUpstreamKeepsOneConn(t *testing.T) {
-	// An upstream that works on a connection's queries at once, so that its
-	// answers overtake each other: of each two queries it reads it answers
-	// the second first (a query left alone goes out a millisecond later).
+// swapping returns an upstream that works on a connection's queries at once,
+// so that its answers overtake each other: of each two queries it reads it
+// answers the second first (a query left alone goes out a millisecond
+// later). It counts its answers in per.
+func swapping(per *answersPerConn) func(net.Conn, []byte) bool {
 	var (
-		per  answersPerConn
 		mu   sync.Mutex // guards held and the writes
 		held = map[net.Conn][]byte{}
 	)
@@ -290,7 +290,7 @@ func TestConcurrentUpstreamKeepsOneConn(t *testing.T) {
 		c.Write(append([]byte{byte(len(a) >> 8), byte(len(a))}, a...))
 		per.add(c)
 	}
-	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+	return func(c net.Conn, frame []byte) bool {
 		mu.Lock()
 		defer mu.Unlock()
 		first, ok := held[c]
@@ -310,7 +310,12 @@ func TestConcurrentUpstreamKeepsOneConn(t *testing.T) {
 		write(c, frame)
 		write(c, first)
 		return true
-	}})
+	}
+}
+
+func TestConcurrentUpstreamKeepsOneConn(t *testing.T) {
+	var per answersPerConn
+	srv := dottest.New(t, dottest.Options{Raw: swapping(&per)})
 	events, serial := serialEvents()
 	p := newPool(t, srv, func(c *Config) {
 		events(c)
@@ -326,133 +331,32 @@ func TestConcurrentUpstreamKeepsOneConn(t *testing.T) {
 	}
 }
 
-func TestSlowParallelUpstreamStaysPipelined(t *testing.T) {
-	// Every answer takes 10ms, but they are worked on at once.
-	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
-		time.Sleep(10 * time.Millisecond) // the work, not a synchronization
-		return dottest.Answer(q)
+func TestSpreadingStopsWhenAnswersOvertake(t *testing.T) {
+	// The upstream answers in order until it starts to work on queries at
+	// once (a new version, or a load balancer that moved the address).
+	var (
+		per        answersPerConn
+		overtaking atomic.Bool
+	)
+	inOrder, swap := oneAtATime(0), swapping(&per)
+	srv := dottest.New(t, dottest.Options{Raw: func(c net.Conn, frame []byte) bool {
+		if overtaking.Load() {
+			return swap(c, frame)
+		}
+		return inOrder(c, frame)
 	}})
-	events, serial := serialEvents()
-	p := newPool(t, srv, events)
-	for range 4 {
-		if failed := burst(t, p, 2*orderWindow); failed != 0 {
-			t.Errorf("%d queries failed", failed)
-		}
+	p := newPool(t, srv, func(c *Config) { c.MaxConns = 3 })
+	if failed := stream(t, p, 16, 40); failed != 0 {
+		t.Errorf("%d of 640 queries failed", failed)
 	}
-	wantNoSerial(t, serial)
-}
-
-func TestPacedQueriesToSlowUpstreamStayPipelined(t *testing.T) {
-	// A query every 6ms to an upstream 10ms away: the answers come in order,
-	// 6ms apart, each while the next query is out; but none waits behind
-	// another, so none takes longer than the fastest.
-	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
-		time.Sleep(10 * time.Millisecond) // the distance, not a synchronization
-		return dottest.Answer(q)
-	}})
-	events, serial := serialEvents()
-	p := newPool(t, srv, events)
-	var wg sync.WaitGroup
-	tick := time.NewTicker(6 * time.Millisecond)
-	defer tick.Stop()
-	for i := range 3 * orderWindow {
-		<-tick.C
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			if _, err := exchange(t, p, fmt.Sprintf("q%d.example.org", i), 10*time.Second); err != nil {
-				t.Error(err)
-			}
-		}()
+	if !p.spreading() {
+		t.Fatal("queries that wait on each other on one connection were not spread")
 	}
-	wg.Wait()
-	wantNoSerial(t, serial)
-}
-
-func TestLearnsQueryLimit(t *testing.T) {
-	srv := dottest.New(t, dottest.Options{CloseAfter: 10})
-	limits := make(chan int, 4)
-	var ev faultEvents
-	p := newPool(t, srv, func(c *Config) {
-		ev.config(c)
-		c.Events.Limit = func(n int) { limits <- n }
-	})
-	stream := func(n int) (failed int) {
-		var wg sync.WaitGroup
-		var f atomic.Int32
-		for w := range 20 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := range n / 20 {
-					if _, err := exchange(t, p, fmt.Sprintf("q%d-%d.example.org", w, i), 10*time.Second); err != nil {
-						f.Add(1)
-					}
-				}
-			}()
-		}
-		wg.Wait()
-		return int(f.Load())
+	overtaking.Store(true)
+	if failed := stream(t, p, 16, 40); failed != 0 {
+		t.Errorf("%d of 640 queries failed", failed)
 	}
-	if failed := stream(400); failed != 0 {
-		t.Errorf("%d of 400 queries failed while the limit was learned", failed)
-	}
-	select {
-	case n := <-limits:
-		if n != 10 {
-			t.Errorf("learned a limit of %d queries per connection, want 10", n)
-		}
-	default:
-		t.Fatal("no limit learned from connections closed after 10 answers")
-	}
-	if s := p.Stats(); s.QueryLimit != 10 {
-		t.Errorf("Stats().QueryLimit = %d, want 10", s.QueryLimit)
-	}
-	before, queries := ev.resent.Load(), srv.Queries()
-	t.Logf("%d queries resent, %d connections, while the limit was learned", before, srv.Accepted())
-	if failed := stream(400); failed != 0 {
-		t.Errorf("%d of 400 queries failed after the limit was learned", failed)
-	}
-	if n := ev.resent.Load() - before; n != 0 {
-		t.Errorf("%d queries sent again once the limit was known: written to connections that would not answer them", n)
-	}
-	if n := srv.Queries() - queries; n != 400 {
-		t.Errorf("the upstream received %d queries for 400", n)
-	}
-	if len(limits) != 0 {
-		t.Errorf("the limit was reported %d more times", len(limits))
-	}
-}
-
-func TestMisroutingUpstreamGetsOneQueryPerConn(t *testing.T) {
-	var n atomic.Int64
-	srv := dottest.New(t, dottest.Options{Wire: func(q *dns.Msg) []byte {
-		a := dottest.Answer(q)
-		if n.Add(1)%4 == 0 {
-			a.Id++ // another query's, if it is in flight
-		}
-		return pack(a)
-	}})
-	whys := make(chan string, 4)
-	p := newPool(t, srv, func(c *Config) {
-		c.Events.Serial = func(on bool, why string) {
-			if on {
-				whys <- why
-			}
-		}
-	})
-	if failed := burst(t, p, 200); failed > 10 {
-		t.Errorf("%d of 200 queries failed", failed)
-	}
-	select {
-	case why := <-whys:
-		if why != WhyMisroutes {
-			t.Errorf("one query per connection because %s, want %s", why, WhyMisroutes)
-		}
-	default:
-		t.Fatal("the pool kept pipelining to an upstream that answers under the wrong IDs")
-	}
-	if n := p.maxInflight(); n != 1 {
-		t.Errorf("%d queries per connection, want 1", n)
+	if p.spreading() {
+		t.Error("still spreading queries to an upstream whose answers overtake each other")
 	}
 }

@@ -146,12 +146,13 @@ type Pool struct {
 	// tests one end of a net.Pipe.
 	dialTCP func(ctx context.Context, network, addr string) (net.Conn, error)
 
-	conns       atomic.Pointer[[]*conn] // open connections, oldest first
-	waiting     atomic.Int32            // queries waiting for a slot
-	dialing     atomic.Bool             // a dial is under way; written under mu
-	serialUntil atomic.Int64            // unix nanoseconds: one query per connection until then; written under mu
-	spreadUntil atomic.Int64            // unix nanoseconds: spread queries over connections until then
-	limit       atomic.Int32            // queries per connection the upstream allows, as learned; zero for none
+	conns           atomic.Pointer[[]*conn] // open connections, oldest first
+	waiting         atomic.Int32            // queries waiting for a slot
+	dialing         atomic.Bool             // a dial is under way; written under mu
+	serialUntil     atomic.Int64            // unix nanoseconds: one query per connection until then; written under mu
+	spreadUntil     atomic.Int64            // unix nanoseconds: spread queries over connections until then
+	concurrentUntil atomic.Int64            // unix nanoseconds: do not spread until then
+	limit           atomic.Int32            // queries per connection the upstream allows, as learned; zero for none
 
 	mu       sync.Mutex // guards the fields below and writes of conns; taken before any conn's
 	dialErr  error      // the last dial's failure; nil after a success

@@ -59,8 +59,7 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 		deliver *call
 		failed  []*call
 		reason  BadReason
-		inOrder bool
-		slow    bool
+		v       verdict
 		cause   error
 	)
 	c.mu.Lock()
@@ -79,7 +78,7 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 		deliver = cl
 		c.good++
 		c.removeLocked(id)
-		inOrder, slow = c.order.judge(cl, now)
+		v = c.order.judge(cl, now)
 		if cl.keepalive {
 			c.keepaliveLocked(a)
 		}
@@ -122,8 +121,8 @@ func (c *conn) route(id uint16, a *dns.Msg, now int64) {
 	if misrouted {
 		c.owner.misrouted(confused, answered)
 	}
-	if inOrder {
-		c.owner.inOrder(slow)
+	if v != noVerdict {
+		c.owner.judged(v)
 	}
 	c.finish(failed, done, cause)
 }
