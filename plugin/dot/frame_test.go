@@ -124,16 +124,24 @@ func TestUnpackKeepsNothingOfTheFrame(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	keepsNothing(t, "many types and options", wire)
+	for name, m := range fastShapes(t) { // unpackFast's shapes
+		keepsNothing(t, name, packCompressed(t, m))
+	}
+}
+
+func keepsNothing(t *testing.T, name string, wire []byte) {
+	t.Helper()
 	buf := append([]byte(nil), wire...)
 	a := unpackAnswer(buf)
 	if a == nil {
-		t.Fatal("the answer did not unpack")
+		t.Fatalf("%s: the answer did not unpack", name)
 	}
 	before := a.String()
 	for i := range buf {
 		buf[i] = 0xff
 	}
 	if after := a.String(); after != before {
-		t.Errorf("the answer changed with the buffer it was unpacked from:\n%s\nwas\n%s", after, before)
+		t.Errorf("%s: the answer changed with the buffer it was unpacked from:\n%s\nwas\n%s", name, after, before)
 	}
 }

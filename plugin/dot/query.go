@@ -81,15 +81,6 @@ func (q *Query) Release() {
 	queryPool.Put(q)
 }
 
-// unpackAnswer returns the message in buf, or nil if it does not unpack.
-func unpackAnswer(buf []byte) *dns.Msg {
-	a := new(dns.Msg)
-	if a.Unpack(buf) != nil {
-		return nil
-	}
-	return a
-}
-
 // finish makes a, an answer to q's question (see match), the client's: it
 // gets q's ID, and loses what the pool put into the query and the client did
 // not ask for (see unprotect).
