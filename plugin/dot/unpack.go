@@ -10,9 +10,11 @@ import (
 // Unpacking answers. miekg/dns allocates once for the message, once for each
 // section's slice, once for each name and each record, and once more for each
 // address: seven allocations for an answer with one A record, most of an
-// exchange's. unpackFast builds the same message from the answers most
-// queries get with three: the message with its question and a few record
-// slots, every name in one string, and the records of each type in one array.
+// exchange's, and four more for an OPT record with a padding option, as DoT
+// servers send (RFC 8467). unpackFast builds the same message from the
+// answers most queries get with three or four: the message with its
+// question, a few record slots and its OPT record; every name in one
+// string; the records of each other type in one array; and the padding.
 // Anything else it leaves to miekg/dns, and FuzzUnpackFast holds it to
 // building what miekg/dns builds, field for field, from any bytes.
 
@@ -84,8 +86,8 @@ type (
 
 // unpackFast unpacks buf as dns.Msg.Unpack does, when buf is of the shape
 // most answers have: one question; at most fastRRs records, each A, AAAA,
-// CNAME, SOA, or OPT without options, whose data is exactly what the type
-// holds; names of letters, digits, '-', '_' and '*' (nothing miekg/dns
+// CNAME, SOA, or OPT (one at most, with no option or one padding option),
+// whose data is exactly what the type holds; names of letters, digits, '-', '_' and '*' (nothing miekg/dns
 // escapes), compressed by pointers to earlier bytes only; nothing after the
 // last record. It reports false for anything else.
 func unpackFast(buf []byte) (*dns.Msg, bool) {
@@ -116,10 +118,16 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 
 	text := string(t)
 	name := func(i uint8) string { return text[u.names[i][0]:u.names[i][1]] }
+	if u.count[kindOPT] > 1 {
+		return nil, false
+	}
 	m := new(struct {
 		dns.Msg
-		q  [1]dns.Question
-		rr [fastInline]dns.RR
+		q   [1]dns.Question
+		rr  [fastInline]dns.RR
+		opt dns.OPT
+		eo  [1]dns.EDNS0
+		pad dns.EDNS0_PADDING
 	})
 	if m.Msg.Unpack(buf[:headerLen]) != nil { // the header alone, as miekg/dns reads it
 		return nil, false
@@ -135,7 +143,6 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 		aaaas  []fastAAAA
 		cnames []dns.CNAME
 		soas   []dns.SOA
-		opts   []dns.OPT
 	)
 	if n := u.count[kindA]; n > 0 {
 		as = make([]fastA, 0, n)
@@ -148,9 +155,6 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 	}
 	if n := u.count[kindSOA]; n > 0 {
 		soas = make([]dns.SOA, 0, n)
-	}
-	if n := u.count[kindOPT]; n > 0 {
-		opts = make([]dns.OPT, 0, n)
 	}
 	for i := range total {
 		r := &u.rrs[i]
@@ -178,9 +182,16 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 				Serial: e.Uint32(rd[len(rd)-20:]), Refresh: e.Uint32(rd[len(rd)-16:]), Retry: e.Uint32(rd[len(rd)-12:]),
 				Expire: e.Uint32(rd[len(rd)-8:]), Minttl: e.Uint32(rd[len(rd)-4:])})
 			rrs[i] = &soas[len(soas)-1]
-		default: // dns.TypeOPT, without options
-			opts = append(opts, dns.OPT{Hdr: h})
-			rrs[i] = &opts[len(opts)-1]
+		default: // dns.TypeOPT, without options or with one padding option
+			m.opt.Hdr = h
+			if len(rd) > 0 {
+				if len(rd) > 4 { // as miekg/dns: no padding is nil
+					m.pad.Padding = append([]byte(nil), rd[4:]...)
+				}
+				m.eo[0] = &m.pad
+				m.opt.Option = m.eo[:]
+			}
+			rrs[i] = &m.opt
 		}
 	}
 	section := func(from, n int) []dns.RR {
@@ -230,7 +241,8 @@ func (u *fastUnpacker) record(t []byte, r *fastRR, off int) (_ []byte, next int,
 		}
 		ok = ok && r.hdr.Rdlength > 0 && next+20 == end
 	case kindOPT:
-		ok = r.hdr.Rdlength == 0
+		rd := buf[r.rdata:end]
+		ok = len(rd) == 0 || len(rd) >= 4 && e.Uint16(rd) == dns.EDNS0PADDING && int(e.Uint16(rd[2:])) == len(rd)-4
 	default:
 		ok = false
 	}
