@@ -51,7 +51,7 @@ type Dotstub struct {
 	series    map[*upstream.Upstream]*series // what each upstream reports in this block
 	cfg       *dnsserver.Config              // the block, named in every series (see block)
 	keys      []string                       // its keys, for the zones
-	policy    upstream.Policy
+	policy    *upstream.Policy
 
 	timeout        time.Duration // for one client query, all attempts included; default 2s
 	readTimeout    time.Duration // the longest one upstream is waited for; zero: its patience, or all the time left for the last
@@ -75,7 +75,7 @@ func New() *Dotstub {
 	return &Dotstub{
 		from:     ".",
 		private:  true,
-		policy:   &upstream.Fastest{},
+		policy:   new(upstream.Policy), // fastest
 		timeout:  defaultTimeout,
 		attempts: maxUpstreams,
 		privacy:  dot.Privacy{PadBlock: dot.DefaultPadBlock},

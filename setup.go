@@ -264,18 +264,11 @@ func parseOption(c *caddy.Controller, d *Dotstub, o *options) error {
 		if !c.Args(&p) || c.NextArg() {
 			return argErr(c, opt)
 		}
-		switch p {
-		case "fastest":
-			d.policy = &upstream.Fastest{}
-		case "random":
-			d.policy = upstream.Random{}
-		case "round_robin":
-			d.policy = &upstream.RoundRobin{}
-		case "sequential":
-			d.policy = upstream.Sequential{}
-		default:
-			return c.Errf("policy: %q is not one of fastest, random, round_robin, sequential", p)
+		policy, ok := upstream.NewPolicy(p)
+		if !ok {
+			return c.Errf("policy: %q is not one of %s", p, strings.Join(upstream.Policies, ", "))
 		}
+		d.policy = policy
 	case "health_check":
 		return parseHealthCheck(c, o)
 	case "max_fails":

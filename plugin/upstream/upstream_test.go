@@ -25,7 +25,7 @@ func TestFastest(t *testing.T) {
 	a.lat.add(30 * time.Millisecond)
 	b.lat.add(10 * time.Millisecond)
 	// c has not answered yet: it goes first, to be measured.
-	f := &Fastest{}
+	f := &Policy{kind: Fastest}
 	if got := names(f.List(nil, []*Upstream{a, b, c})); !slices.Equal(got, []string{"c", "b", "a"}) {
 		t.Fatalf("fastest: %v, want c, b, a", got)
 	}
@@ -79,10 +79,10 @@ func names(ups []*Upstream) []string {
 
 func TestPolicies(t *testing.T) {
 	ups := []*Upstream{New(Config{Name: "a"}), New(Config{Name: "b"}), New(Config{Name: "c"})}
-	if got := names(Sequential{}.List(nil, ups)); !slices.Equal(got, []string{"a", "b", "c"}) {
+	if got := names((&Policy{kind: Sequential}).List(nil, ups)); !slices.Equal(got, []string{"a", "b", "c"}) {
 		t.Errorf("sequential: %v", got)
 	}
-	rr := &RoundRobin{}
+	rr := &Policy{kind: RoundRobin}
 	first := map[string]int{}
 	for range 300 {
 		l := rr.List(nil, ups)
@@ -95,7 +95,7 @@ func TestPolicies(t *testing.T) {
 		t.Errorf("round_robin first picks: %v, want 100 each", first)
 	}
 	for range 20 {
-		got := names(Random{}.List(nil, ups))
+		got := names((&Policy{kind: Random}).List(nil, ups))
 		slices.Sort(got)
 		if !slices.Equal(got, []string{"a", "b", "c"}) {
 			t.Fatalf("random is not a permutation: %v", got)
