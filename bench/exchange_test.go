@@ -59,11 +59,11 @@ func BenchmarkExchange(b *testing.B) {
 
 // BenchmarkQueuedUpstream shows what spreading queries over connections is
 // worth against an upstream that works on each connection's queries one at a
-// time, as CoreDNS and every miekg/dns server do: each answer takes 100µs of
-// the upstream's own time (a sleep: its cores are not this machine's), and 32
-// queries are in flight. With max_conns=1 they queue on one connection; with
-// max_conns=4 the pool sees them wait on each other and spreads them. Compare
-// the queries/s of the two.
+// time, as CoreDNS and every miekg/dns server do: each answer takes a
+// millisecond of the upstream's own time (a sleep: its cores are not this
+// machine's), and 32 queries are in flight. With max_conns=1 they queue on
+// one connection; with max_conns=4 the pool sees them wait on each other and
+// spreads them. Compare the queries/s of the two.
 func BenchmarkQueuedUpstream(b *testing.B) {
 	m := new(dns.Msg)
 	m.SetQuestion("www.example.org.", dns.TypeA)
