@@ -87,9 +87,10 @@ type (
 // unpackFast unpacks buf as dns.Msg.Unpack does, when buf is of the shape
 // most answers have: one question; at most fastRRs records, each A, AAAA,
 // CNAME, SOA, or OPT (one at most, with no option or one padding option),
-// whose data is exactly what the type holds; names of letters, digits, '-', '_' and '*' (nothing miekg/dns
-// escapes), compressed by pointers to earlier bytes only; nothing after the
-// last record. It reports false for anything else.
+// whose data is exactly what the type holds; names of letters, digits, '-',
+// '_' and '*' (nothing miekg/dns escapes), compressed by pointers to earlier
+// bytes only; nothing after the last record. It reports false for anything
+// else.
 func unpackFast(buf []byte) (*dns.Msg, bool) {
 	if len(buf) < headerLen || binary.BigEndian.Uint16(buf[4:]) != 1 {
 		return nil, false
@@ -112,15 +113,12 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 			return nil, false
 		}
 	}
-	if off != len(buf) {
+	if off != len(buf) || u.count[kindOPT] > 1 {
 		return nil, false
 	}
 
 	text := string(t)
 	name := func(i uint8) string { return text[u.names[i][0]:u.names[i][1]] }
-	if u.count[kindOPT] > 1 {
-		return nil, false
-	}
 	m := new(struct {
 		dns.Msg
 		q   [1]dns.Question
