@@ -636,8 +636,37 @@ func TestManifestsReferToEachOther(t *testing.T) {
 			if r.Requests.Cpu().IsZero() || r.Requests.Memory().IsZero() || r.Limits.Memory().IsZero() {
 				t.Errorf("resources %s: want cpu and memory requests and a memory limit", jsonOf(r))
 			}
+			// The garbage collector's soft limit follows the memory limit.
+			limit, soft := r.Limits.Memory().Value(), int64(0)
+			for _, e := range c.Env {
+				if e.Name == "GOMEMLIMIT" {
+					soft = goMemLimit(t, e.Value)
+				}
+			}
+			if soft < limit*8/10 || soft > limit*95/100 {
+				t.Errorf("GOMEMLIMIT %d bytes with limits.memory %d: want 80 to 95%% of it", soft, limit)
+			}
 		})
 	}
+}
+
+// goMemLimit returns the bytes of a GOMEMLIMIT value, as the Go runtime
+// reads it: a number of bytes with an optional unit B, KiB, MiB, GiB or TiB.
+func goMemLimit(t *testing.T, v string) int64 {
+	t.Helper()
+	for i, unit := range []string{"TiB", "GiB", "MiB", "KiB", "B", ""} {
+		if n, ok := strings.CutSuffix(v, unit); ok {
+			b, err := strconv.ParseInt(n, 10, 64)
+			if err != nil {
+				t.Fatalf("GOMEMLIMIT %q: %v", v, err)
+			}
+			if i < 4 {
+				b <<= 10 * (4 - i)
+			}
+			return b
+		}
+	}
+	return 0
 }
 
 // allowed reports whether the ServiceAccount ns/sa may verb resource of group
