@@ -284,12 +284,16 @@ func (c *conn) writeLoop() {
 		case <-c.done:
 			return
 		}
-		// Callers that are runnable now queue their queries first, so that
-		// they go out in this write: under load, fewer TLS records and
-		// system calls per query (a sixth less CPU per query in the
-		// side-by-side benchmark); with nothing else runnable, it returns
-		// at once.
-		runtime.Gosched()
+		// With other queries in flight here, callers that are runnable now
+		// queue theirs first, so that they go out in this write: under load,
+		// fewer TLS records and system calls per query (a sixth less CPU
+		// per query in the side-by-side benchmark). A lone query (light
+		// load, or one query per connection) is written at once: there is
+		// nothing to gather, and yielding for it too cost answers in
+		// TestFaultsAtVolume's wrong-ID case (98.9% answered against 99.3%).
+		if c.load.Load() > 1 {
+			runtime.Gosched()
+		}
 		c.wmu.Lock()
 		buf, c.pending = c.pending, buf[:0]
 		c.wmu.Unlock()
