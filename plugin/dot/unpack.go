@@ -10,7 +10,7 @@ import (
 // Unpacking answers. miekg/dns allocates once for the message, once for each
 // section's slice, once for each name and each record, and once more for each
 // address: seven allocations for an answer with one A record, most of an
-// exchange's, and four more for an OPT record with a padding option, as DoT
+// exchange's, and six more for an OPT record with a padding option, as DoT
 // servers send (RFC 8467). unpackFast builds the same message from the
 // answers most queries get with three or four: the message with its
 // question, a few record slots and its OPT record; every name in one
