@@ -287,7 +287,7 @@ func swapping(per *answersPerConn) func(net.Conn, []byte) bool {
 			return
 		}
 		a := pack(dottest.Answer(m))
-		c.Write(append([]byte{byte(len(a) >> 8), byte(len(a))}, a...))
+		c.Write(framed(a))
 		per.add(c)
 	}
 	return func(c net.Conn, frame []byte) bool {
@@ -358,5 +358,119 @@ func TestSpreadingStopsWhenAnswersOvertake(t *testing.T) {
 	}
 	if p.spreading() {
 		t.Error("still spreading queries to an upstream whose answers overtake each other")
+	}
+}
+
+func TestSlowParallelUpstreamStaysPipelined(t *testing.T) {
+	// Every answer takes 10ms, but they are worked on at once.
+	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		time.Sleep(10 * time.Millisecond) // the work, not a synchronization
+		return dottest.Answer(q)
+	}})
+	events, serial := serialEvents()
+	p := newPool(t, srv, events)
+	for range 4 {
+		if failed := burst(t, p, 2*orderWindow); failed != 0 {
+			t.Errorf("%d queries failed", failed)
+		}
+	}
+	wantNoSerial(t, serial)
+}
+
+func TestPacedQueriesToSlowUpstreamStayPipelined(t *testing.T) {
+	// A query every 6ms to an upstream 10ms away: the answers come in order,
+	// 6ms apart, each while the next query is out; but none waits behind
+	// another, so none takes longer than the fastest.
+	srv := dottest.New(t, dottest.Options{Handler: func(q *dns.Msg) *dns.Msg {
+		time.Sleep(10 * time.Millisecond) // the distance, not a synchronization
+		return dottest.Answer(q)
+	}})
+	events, serial := serialEvents()
+	p := newPool(t, srv, events)
+	var wg sync.WaitGroup
+	tick := time.NewTicker(6 * time.Millisecond)
+	defer tick.Stop()
+	for i := range 3 * orderWindow {
+		<-tick.C
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := exchange(t, p, fmt.Sprintf("q%d.example.org", i), 10*time.Second); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	wantNoSerial(t, serial)
+}
+
+func TestLearnsQueryLimit(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{CloseAfter: 10})
+	limits := make(chan int, 4)
+	var ev faultEvents
+	p := newPool(t, srv, func(c *Config) {
+		ev.config(c)
+		c.Events.Limit = func(n int) { limits <- n }
+	})
+	if failed := stream(t, p, 20, 20); failed != 0 {
+		t.Errorf("%d of 400 queries failed while the limit was learned", failed)
+	}
+	select {
+	case n := <-limits:
+		if n != 10 {
+			t.Errorf("learned a limit of %d queries per connection, want 10", n)
+		}
+	default:
+		t.Fatal("no limit learned from connections closed after 10 answers")
+	}
+	if s := p.Stats(); s.QueryLimit != 10 {
+		t.Errorf("Stats().QueryLimit = %d, want 10", s.QueryLimit)
+	}
+	before, queries := ev.resent.Load(), srv.Queries()
+	t.Logf("%d queries resent, %d connections, while the limit was learned", before, srv.Accepted())
+	if failed := stream(t, p, 20, 20); failed != 0 {
+		t.Errorf("%d of 400 queries failed after the limit was learned", failed)
+	}
+	if n := ev.resent.Load() - before; n != 0 {
+		t.Errorf("%d queries sent again once the limit was known: written to connections that would not answer them", n)
+	}
+	if n := srv.Queries() - queries; n != 400 {
+		t.Errorf("the upstream received %d queries for 400", n)
+	}
+	if len(limits) != 0 {
+		t.Errorf("the limit was reported %d more times", len(limits))
+	}
+}
+
+func TestMisroutingUpstreamGetsOneQueryPerConn(t *testing.T) {
+	var n atomic.Int64
+	srv := dottest.New(t, dottest.Options{Wire: func(q *dns.Msg) []byte {
+		a := dottest.Answer(q)
+		if n.Add(1)%4 == 0 {
+			a.Id++ // another query's, if it is in flight
+		}
+		return pack(a)
+	}})
+	whys := make(chan string, 4)
+	p := newPool(t, srv, func(c *Config) {
+		c.Events.Serial = func(on bool, why string) {
+			if on {
+				whys <- why
+			}
+		}
+	})
+	if failed := burst(t, p, 200); failed > 10 {
+		t.Errorf("%d of 200 queries failed", failed)
+	}
+	select {
+	case why := <-whys:
+		if why != WhyMisroutes {
+			t.Errorf("one query per connection because %s, want %s", why, WhyMisroutes)
+		}
+	default:
+		t.Fatal("the pool kept pipelining to an upstream that answers under the wrong IDs")
+	}
+	if n := p.maxInflight(); n != 1 {
+		t.Errorf("%d queries per connection, want 1", n)
 	}
 }
