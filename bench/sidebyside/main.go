@@ -39,7 +39,7 @@ func main() {
 	scen := flag.String("scenarios", "", "scenarios to run, by words of their names separated by '/' (default all)")
 	out := flag.String("out", "", "write the markdown tables to this file too")
 	ups := flag.String("upstreams", "coredns,pipelining", "upstreams to run every scenario against, in turn: coredns, pipelining")
-	profile := flag.String("profile", "", "write CPU and allocation profiles of dotstub under each scenario into this directory (its Corefile gets pprof)")
+	profile := flag.String("profile", "", "write CPU and allocation profiles of each CoreDNS peer (dotstub, forward, the floor) under each scenario into this directory (their Corefiles get pprof)")
 	flag.Parse()
 	log.SetFlags(log.Ltime)
 	if *profile != "" {

@@ -45,6 +45,9 @@ var peers = []peer{
 	{name: "forward", file: "Corefile.forward", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
     bind 127.0.0.1
     multisocket 2
+{{- if .Pprof}}
+    pprof {{.Pprof}}
+{{- end}}
     forward . tls://{{.Upstream}} {
         tls {{.Dir}}/ca.pem
         tls_servername dns.test
@@ -57,6 +60,9 @@ var peers = []peer{
 	{name: "CoreDNS file (no upstream)", file: "Corefile.floor", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
     bind 127.0.0.1
     multisocket 2
+{{- if .Pprof}}
+    pprof {{.Pprof}}
+{{- end}}
     file {{.Dir}}/zone.db bench.test
 }
 `},
@@ -204,3 +210,6 @@ func writeZone(dir string, n int) error {
 	}
 	return os.WriteFile(filepath.Join(dir, "queries.txt"), []byte(queries.String()), 0o644)
 }
+
+// coredns reports whether p is a CoreDNS build, which can serve pprof.
+func (p peer) coredns() bool { return len(p.cmd) > 0 && p.cmd[0] == "{{bin}}/coredns" }

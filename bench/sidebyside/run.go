@@ -155,7 +155,7 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 	}
 	host, port, _ := net.SplitHostPort(up)
 	c := conf{Port: peerPort, Upstream: up, UpHost: host, UpPort: port}
-	if b.profile != "" && p.name == "dotstub" {
+	if b.profile != "" && p.coredns() {
 		c.Pprof = net.JoinHostPort("127.0.0.1", strconv.Itoa(freePort()))
 	}
 	cmd, err := b.start(p, c)
@@ -178,7 +178,7 @@ func (b *bench) run(p peer, s scenario) (result, error) {
 	var profiled chan error
 	if c.Pprof != "" {
 		profiled = make(chan error, 1)
-		go func() { profiled <- b.fetchProfiles(c.Pprof, s) }()
+		go func() { profiled <- b.fetchProfiles(c.Pprof, p, s) }()
 	}
 	cpu0 := cpuSeconds(cmd.Process.Pid)
 	res, err := b.dnsperf("127.0.0.1", peerPort, s.args, s.verbose)
@@ -214,9 +214,13 @@ func (s scenario) seconds(d time.Duration) float64 {
 
 // fetchProfiles takes a CPU profile of the peer's pprof at addr over the
 // dnsperf run (less a second at each end), then its allocation profile, into
-// b.profile, named by upstream, scenario and round.
-func (b *bench) fetchProfiles(addr string, s scenario) error {
+// b.profile, named by upstream, scenario and round, and by the peer when it
+// is not dotstub.
+func (b *bench) fetchProfiles(addr string, p peer, s scenario) error {
 	name := fmt.Sprintf("%s-%s-r%d", b.mode, slug(s.name), b.round+1)
+	if p.name != "dotstub" {
+		name = slug(p.name) + "-" + name
+	}
 	secs := max(int(b.dur.Seconds())-2, 1)
 	time.Sleep(time.Second) // dnsperf's ramp-up, not a synchronization
 	for _, p := range []struct{ path, file string }{
