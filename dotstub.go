@@ -123,17 +123,19 @@ func (d *Dotstub) Ready() bool {
 }
 
 // ServeDNS implements plugin.Handler.
+//
+// The path of a query to its upstream is kept shallow on purpose: CoreDNS
+// serves each UDP query on a goroutine of its own, whose stack starts small
+// (2 or 4 KiB) and is copied whole each time it must grow. Work that most
+// queries skip (names for the next plugin, private names, the metadata
+// plugin) lives in functions of its own, off that path, and so do their
+// locals. See docs/performance.md.
 func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
-	state := request.Request{W: w, Req: r}
-	if !d.match(state) {
+	switch d.route(r) {
+	case toNext:
 		return plugin.NextOrFailure(d.Name(), d.Next, ctx, w, r)
-	}
-	if d.private {
-		if zone := privateZone(state.Name()); zone != "" {
-			privateAnswers.WithLabelValues(metrics.WithServer(ctx), zone).Inc()
-			w.WriteMsg(privateAnswer(state, zone))
-			return dns.RcodeSuccess, nil
-		}
+	case toPrivate:
+		return d.servePrivate(ctx, w, r)
 	}
 	if d.maxConcurrent > 0 {
 		n := d.concurrent.Add(1)
@@ -143,6 +145,40 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 			return dns.RcodeRefused, ErrLimitExceeded
 		}
 	}
+	return d.serveUpstream(ctx, w, r)
+}
+
+// Where a query is answered: see route.
+const (
+	toUpstream = iota
+	toNext
+	toPrivate
+)
+
+// route says where r is answered: by the next plugin (a name outside from, or
+// under except), here (a private name, see private.go), or upstream.
+func (d *Dotstub) route(r *dns.Msg) int {
+	state := request.Request{Req: r}
+	if !d.match(state) {
+		return toNext
+	}
+	if d.private && privateZone(state.Name()) != "" {
+		return toPrivate
+	}
+	return toUpstream
+}
+
+// servePrivate answers r, a query for a private name.
+func (d *Dotstub) servePrivate(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
+	state := request.Request{W: w, Req: r}
+	zone := privateZone(state.Name())
+	privateAnswers.WithLabelValues(metrics.WithServer(ctx), zone).Inc()
+	w.WriteMsg(privateAnswer(state, zone))
+	return dns.RcodeSuccess, nil
+}
+
+// serveUpstream answers r from the upstreams.
+func (d *Dotstub) serveUpstream(ctx context.Context, w dns.ResponseWriter, r *dns.Msg) (int, error) {
 	var buf [maxUpstreams]*upstream.Upstream
 	tries := d.candidates(buf[:0])
 	var failed failures
@@ -160,7 +196,7 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	defer cancel()
 	a, u, err := d.resolve(qctx, q, tries, &failed)
 	if metadata.ValueFuncs(ctx) != nil { // the metadata plugin is on
-		metadata.SetValueFunc(ctx, metadataUpstream, d.series[u].address)
+		d.setMetadata(ctx, u)
 	}
 	if a == nil {
 		return servfail(w, r, &failed, err)
@@ -170,6 +206,12 @@ func (d *Dotstub) ServeDNS(ctx context.Context, w dns.ResponseWriter, r *dns.Msg
 	}
 	w.WriteMsg(a)
 	return dns.RcodeSuccess, nil
+}
+
+// setMetadata names u, the upstream that answered or was asked last, for the
+// metadata plugin.
+func (d *Dotstub) setMetadata(ctx context.Context, u *upstream.Upstream) {
+	metadata.SetValueFunc(ctx, metadataUpstream, d.series[u].address)
 }
 
 // passOn reports whether a goes to the next plugin instead of the client, as

@@ -318,6 +318,12 @@ func (p *Pool) reserve(ctx context.Context, cl *call, notBefore time.Time) (*con
 		}
 		return c, nil
 	}
+	return p.await(ctx, cl, notBefore)
+}
+
+// await is reserve when no connection has a free slot: it dials or waits for
+// one, under the pool's lock.
+func (p *Pool) await(ctx context.Context, cl *call, notBefore time.Time) (*conn, error) {
 	p.waiting.Add(1) // before looking again: a slot freed after this look wakes us
 	defer p.waiting.Add(-1)
 	p.mu.Lock()

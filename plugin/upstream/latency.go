@@ -26,6 +26,9 @@ type latency struct {
 	recent [recentLen]time.Duration
 	n      int // answers taken in since the last reset
 
+	sortMu sync.Mutex               // held by the one caller computing the percentile
+	sorted [recentLen]time.Duration // its copy of recent, here rather than on a query's stack
+
 	srtt     atomic.Int64 // smoothed answer time; 0 before the first
 	patience atomic.Int64 // srtt + 4 rttvar, at least minPatience; 0 before the first
 	p95      atomic.Int64 // 0 until recentLen answers
@@ -45,14 +48,15 @@ func (l *latency) add(d time.Duration) {
 	l.patience.Store(int64(max(srtt+4*l.rttvar, minPatience)))
 	l.recent[l.n%recentLen] = d
 	l.n++
-	if l.n < recentLen || l.n%p95Every != 0 {
+	if l.n < recentLen || l.n%p95Every != 0 || !l.sortMu.TryLock() { // TryLock: the last one is still at it
 		l.mu.Unlock()
 		return
 	}
-	recent := l.recent // a copy, sorted outside the lock
+	l.sorted = l.recent // sorted outside mu
 	l.mu.Unlock()
-	slices.Sort(recent[:])
-	l.p95.Store(int64(recent[recentLen*95/100]))
+	slices.Sort(l.sorted[:])
+	l.p95.Store(int64(l.sorted[recentLen*95/100]))
+	l.sortMu.Unlock()
 }
 
 // reset forgets every answer time but d: the upstream has just come back,
