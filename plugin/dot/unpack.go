@@ -46,7 +46,7 @@ const (
 // fastUnpacker.names, rdata is where its data starts in the message.
 type fastRR struct {
 	hdr          dns.RR_Header // without its name
-	name, n1, n2 uint8         // owner; CNAME target or SOA ns; SOA mbox
+	name, n1, n2 uint8         // owner; the name in CNAME, NS or PTR data, or SOA's ns; SOA's mbox
 	rdata        int
 }
 
@@ -59,16 +59,18 @@ type fastUnpacker struct {
 	names [1 + 3*fastRRs][2]uint16 // each name's span in the text
 	n     int                      // names
 	rrs   [fastRRs]fastRR
-	count [5]int // records of each type in fastTypes' order
+	count [len(fastTypes)]int // records of each type in fastTypes' order
 }
 
 // fastTypes are the types unpackFast takes; an index into it is a kind.
-var fastTypes = [5]uint16{dns.TypeA, dns.TypeAAAA, dns.TypeCNAME, dns.TypeSOA, dns.TypeOPT}
+var fastTypes = [...]uint16{dns.TypeA, dns.TypeAAAA, dns.TypeCNAME, dns.TypeNS, dns.TypePTR, dns.TypeSOA, dns.TypeOPT}
 
 const (
 	kindA = iota
 	kindAAAA
 	kindCNAME
+	kindNS
+	kindPTR
 	kindSOA
 	kindOPT
 )
@@ -86,7 +88,8 @@ type (
 
 // unpackFast unpacks buf as dns.Msg.Unpack does, when buf is of the shape
 // most answers have: one question; at most fastRRs records, each A, AAAA,
-// CNAME, SOA, or OPT (one at most, with no option or one padding option),
+// CNAME, NS, PTR, SOA, or OPT (one at most, with no option or one padding
+// option),
 // whose data is exactly what the type holds; names of letters, digits, '-',
 // '_' and '*' (nothing miekg/dns escapes), compressed by pointers to earlier
 // bytes only; nothing after the last record. It reports false for anything
@@ -136,24 +139,9 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 	if total > fastInline {
 		rrs = make([]dns.RR, total)
 	}
-	var (
-		as     []fastA
-		aaaas  []fastAAAA
-		cnames []dns.CNAME
-		soas   []dns.SOA
-	)
-	if n := u.count[kindA]; n > 0 {
-		as = make([]fastA, 0, n)
-	}
-	if n := u.count[kindAAAA]; n > 0 {
-		aaaas = make([]fastAAAA, 0, n)
-	}
-	if n := u.count[kindCNAME]; n > 0 {
-		cnames = make([]dns.CNAME, 0, n)
-	}
-	if n := u.count[kindSOA]; n > 0 {
-		soas = make([]dns.SOA, 0, n)
-	}
+	as, aaaas := slots[fastA](u.count[kindA]), slots[fastAAAA](u.count[kindAAAA])
+	cnames, nss, ptrs := slots[dns.CNAME](u.count[kindCNAME]), slots[dns.NS](u.count[kindNS]), slots[dns.PTR](u.count[kindPTR])
+	soas := slots[dns.SOA](u.count[kindSOA])
 	for i := range total {
 		r := &u.rrs[i]
 		h := r.hdr
@@ -174,6 +162,12 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 		case dns.TypeCNAME:
 			cnames = append(cnames, dns.CNAME{Hdr: h, Target: name(r.n1)})
 			rrs[i] = &cnames[len(cnames)-1]
+		case dns.TypeNS:
+			nss = append(nss, dns.NS{Hdr: h, Ns: name(r.n1)})
+			rrs[i] = &nss[len(nss)-1]
+		case dns.TypePTR:
+			ptrs = append(ptrs, dns.PTR{Hdr: h, Ptr: name(r.n1)})
+			rrs[i] = &ptrs[len(ptrs)-1]
 		case dns.TypeSOA:
 			e := binary.BigEndian
 			soas = append(soas, dns.SOA{Hdr: h, Ns: name(r.n1), Mbox: name(r.n2),
@@ -205,6 +199,15 @@ func unpackFast(buf []byte) (*dns.Msg, bool) {
 	return &m.Msg, true
 }
 
+// slots returns room for n records of one type, in one allocation; nil for
+// none.
+func slots[T any](n int) []T {
+	if n == 0 {
+		return nil
+	}
+	return make([]T, 0, n)
+}
+
 // record reads the record at off into r, and returns the offset after it.
 func (u *fastUnpacker) record(t []byte, r *fastRR, off int) (_ []byte, next int, ok bool) {
 	buf := u.buf
@@ -229,7 +232,7 @@ func (u *fastUnpacker) record(t []byte, r *fastRR, off int) (_ []byte, next int,
 		ok = r.hdr.Rdlength == 4
 	case kindAAAA:
 		ok = r.hdr.Rdlength == 16
-	case kindCNAME: // names in rdata end where it does, as miekg/dns reads them
+	case kindCNAME, kindNS, kindPTR: // names in rdata end where it does, as miekg/dns reads them
 		t, r.n1, next, ok = u.name(t, r.rdata, end)
 		ok = ok && r.hdr.Rdlength > 0 && next == end
 	case kindSOA:

@@ -63,6 +63,9 @@ func fastShapes(t testing.TB) map[string]*dns.Msg {
 		"sixteen records":  answerOf(t, "many.example.org.", dns.TypeA, many(16)...),
 		"empty":            answerOf(t, "www.example.org.", dns.TypeA),
 		"class CH":         answerOf(t, "version.bind.", dns.TypeA, "version.bind. 0 CH A 192.0.2.9"),
+		"authoritative, with NS and glue": withEDNS(answerOf(t, "a1.bench.test.", dns.TypeA, "a1.bench.test. 300 IN A 10.0.0.1",
+			"ns", "bench.test. 300 IN NS ns1.bench.test.", "ar", "ns1.bench.test. 300 IN A 127.0.0.1")),
+		"PTR": answerOf(t, "1.2.0.192.in-addr.arpa.", dns.TypePTR, "1.2.0.192.in-addr.arpa. 3600 IN PTR www.example.org."),
 	}
 }
 
