@@ -192,9 +192,13 @@ func (d *Dotstub) serveUpstream(ctx context.Context, w dns.ResponseWriter, r *dn
 	}
 	defer q.Release()
 
-	qctx, cancel := context.WithTimeout(ctx, d.timeout)
-	defer cancel()
-	a, u, err := d.resolve(qctx, q, tries, &failed)
+	// The query's deadline goes down as a time, not a context: the pool waits
+	// on a timer it keeps, sparing each query a context's four allocations.
+	deadline := time.Now().Add(d.timeout)
+	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
+		deadline = dl
+	}
+	a, u, err := d.resolve(ctx, deadline, q, tries, &failed)
 	if metadata.ValueFuncs(ctx) != nil { // the metadata plugin is on
 		d.setMetadata(ctx, u)
 	}
@@ -244,13 +248,14 @@ func (d *Dotstub) candidates(dst []*upstream.Upstream) []*upstream.Upstream {
 	return d.policy.List(dst[:0], d.upstreams)
 }
 
-// resolve asks the upstreams in turn until one answers, within ctx. Each but
+// resolve asks the upstreams in turn until one answers, until ctx is done or
+// the deadline passes. Each but
 // the last gets its patience (see upstream.Patience), and never more than an
 // equal share of the time left, so that one that hangs does not take it all.
 // An answer whose RCODE is listed by failover is kept, and returned only when
 // no later upstream does better. It returns the upstream whose answer it
 // returns, or the last one asked, and adds to failed why each one failed.
-func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.Upstream, failed *failures) (*dns.Msg, *upstream.Upstream, error) {
+func (d *Dotstub) resolve(ctx context.Context, deadline time.Time, q *dot.Query, tries []*upstream.Upstream, failed *failures) (*dns.Msg, *upstream.Upstream, error) {
 	var (
 		kept  *dns.Msg // an answer with a failover RCODE
 		keptU *upstream.Upstream
@@ -264,12 +269,12 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 		var uerr error
 		if d.hedge.on() && left > 1 {
 			var second bool
-			a, u, second, uerr = d.hedged(ctx, q, u, tries[i+1], left)
+			a, u, second, uerr = d.hedged(ctx, deadline, q, u, tries[i+1], left)
 			if second {
 				i++
 			}
 		} else {
-			a, uerr = d.attempt(ctx, u, q, left)
+			a, uerr = d.attempt(ctx, deadline, u, q, left)
 		}
 		if uerr == nil && i < len(tries)-1 && slices.Contains(d.failoverRcodes, a.Rcode) {
 			kept, keptU = a, u
@@ -281,7 +286,7 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 		}
 		err = uerr
 		failed.add(uerr)
-		if ctx.Err() != nil {
+		if ctx.Err() != nil || !time.Now().Before(deadline) {
 			break
 		}
 		if i < len(tries)-1 {
@@ -294,14 +299,13 @@ func (d *Dotstub) resolve(ctx context.Context, q *dot.Query, tries []*upstream.U
 	return nil, u, err
 }
 
-// attempt asks u, for its patience or an equal share of the time left when
-// left upstreams remain to be tried, whichever is shorter, and never longer
-// than read_timeout.
-func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Query, left int) (*dns.Msg, error) {
+// attempt asks u, for its patience or an equal share of the time left until
+// deadline when left upstreams remain to be tried, whichever is shorter, and
+// never longer than read_timeout.
+func (d *Dotstub) attempt(ctx context.Context, deadline time.Time, u *upstream.Upstream, q *dot.Query, left int) (*dns.Msg, error) {
 	start := time.Now()
 	short := false // the budget is less than the upstream's patience
 	if left > 1 || d.readTimeout > 0 {
-		deadline, _ := ctx.Deadline()
 		budget := deadline.Sub(start)
 		if left > 1 {
 			budget = min(budget/time.Duration(left), u.Patience())
@@ -310,11 +314,9 @@ func (d *Dotstub) attempt(ctx context.Context, u *upstream.Upstream, q *dot.Quer
 			budget = min(budget, d.readTimeout)
 		}
 		short = budget < u.Patience()
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, start.Add(budget))
-		defer cancel()
+		deadline = start.Add(budget)
 	}
-	a, err := u.Exchange(ctx, q, short)
+	a, err := u.Exchange(ctx, q, deadline, short)
 	switch {
 	case err == nil:
 		d.series[u].answered(a.Rcode, time.Since(start))

@@ -70,11 +70,11 @@ type hedgeCall struct {
 // hedged asks first, and second as well if first has not answered after the
 // hedge delay and the budget allows. It returns the first valid answer and
 // whose it is, and whether second was asked.
-func (d *Dotstub) hedged(ctx context.Context, q *dot.Query, first, second *upstream.Upstream, left int) (*dns.Msg, *upstream.Upstream, bool, error) {
+func (d *Dotstub) hedged(ctx context.Context, deadline time.Time, q *dot.Query, first, second *upstream.Upstream, left int) (*dns.Msg, *upstream.Upstream, bool, error) {
 	d.hedge.earn()
 	delay := d.hedge.delayFor(first)
 	if delay <= 0 {
-		a, err := d.attempt(ctx, first, q, left)
+		a, err := d.attempt(ctx, deadline, first, q, left)
 		return a, first, false, err
 	}
 	ctx1, cancel1 := context.WithCancel(ctx)
@@ -89,12 +89,12 @@ func (d *Dotstub) hedged(ctx context.Context, q *dot.Query, first, second *upstr
 		}
 		h.launched <- true
 		defer close(h.done)
-		h.a, h.err = d.attempt(ctx2, second, q, left-1)
+		h.a, h.err = d.attempt(ctx2, deadline, second, q, left-1)
 		if h.err == nil {
 			cancel1() // the answer is in: stop waiting for first
 		}
 	})
-	a, err := d.attempt(ctx1, first, q, left)
+	a, err := d.attempt(ctx1, deadline, first, q, left)
 	if t.Stop() || !<-h.launched {
 		return a, first, false, err
 	}

@@ -138,6 +138,7 @@ type call struct {
 	seq       atomic.Uint64 // its place in the order of writing on the connection
 	keepalive bool          // the frame asks for edns-tcp-keepalive (RFC 7828)
 	bad       int           // bad answers this query has met, over every try
+	timer     *time.Timer   // fires at the query's deadline; stopped between queries
 }
 
 type result struct {
@@ -145,7 +146,11 @@ type result struct {
 	err error
 }
 
-var callPool = sync.Pool{New: func() any { return &call{ch: make(chan result, 1)} }}
+var callPool = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return &call{ch: make(chan result, 1), timer: t}
+}}
 
 func newConn(owner connOwner, raw net.Conn, tc *tls.Conn, writeTimeout, maxAge time.Duration) *conn {
 	now := time.Now()
@@ -225,15 +230,19 @@ func (c *conn) drainLocked() {
 }
 
 // roundTrip writes cl, entered by tryAdd, and waits for its answer until ctx
-// ends. A caller that gives up leaves its ID taken (see abandoned); if the
+// ends or cl's timer fires (context.DeadlineExceeded). A caller that gives up leaves its ID taken (see abandoned); if the
 // connection has been silent for stallAfter since cl left, or more than
 // maxGaveUp of its queries have been given up on, it is replaced.
 func (c *conn) roundTrip(ctx context.Context, cl *call, stallAfter time.Duration, maxGaveUp int) (*dns.Msg, error) {
 	c.write(cl) // a failed write fails c, which completes cl
+	var err error
 	select {
 	case r := <-cl.ch:
 		return r.msg, r.err
 	case <-ctx.Done():
+		err = ctx.Err()
+	case <-cl.timer.C:
+		err = context.DeadlineExceeded
 	}
 	id := binary.BigEndian.Uint16(cl.wbuf[2:])
 	c.mu.Lock()
@@ -257,7 +266,7 @@ func (c *conn) roundTrip(ctx context.Context, cl *call, stallAfter time.Duration
 	failed, done := c.settleLocked(nil)
 	c.mu.Unlock()
 	c.finish(failed, done, cause)
-	return nil, ctx.Err()
+	return nil, err
 }
 
 // write queues cl's frame for the writer.

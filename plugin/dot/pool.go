@@ -249,19 +249,33 @@ func (p *Pool) Stats() Stats {
 // answer is checked: one that does not unpack or does not answer q's question
 // is never returned. A query that meets a bad answer is sent again at once,
 // on a fresh ID, up to maxBadAnswers times. A query whose connection dies is
-// sent again on a connection opened after the failure, until ctx's deadline:
+// sent again on a connection opened after the failure, until the deadline:
 // an upstream that closes a connection with queries unread resets it, and
 // the reset can also discard answers already sent.
-func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
-	if _, ok := ctx.Deadline(); !ok {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, p.cfg.Timeout)
-		defer cancel()
+//
+// Exchange gives up when ctx is done or the deadline passes, whichever comes
+// first (context.DeadlineExceeded). A zero deadline is ctx's, or else the
+// pool's Timeout from now. The deadline is a time rather than a context of
+// its own so that a query waits on a timer kept with its call: a context
+// with a deadline costs four allocations.
+func (p *Pool) Exchange(ctx context.Context, q *Query, deadline time.Time) (*dns.Msg, error) {
+	if deadline.IsZero() {
+		var ok bool
+		if deadline, ok = ctx.Deadline(); !ok {
+			deadline = time.Now().Add(p.cfg.Timeout)
+		}
 	}
 	cl := callPool.Get().(*call)
 	cl.q, cl.bad = q, 0
 	cl.wbuf = append(cl.wbuf[:0], q.frame...)
+	cl.timer.Reset(time.Until(deadline))
 	defer func() { // every path below leaves cl out of any table with ch drained
+		if !cl.timer.Stop() {
+			select { // a fire not received: only with asynctimerchan=1 (go.mod before 1.23)
+			case <-cl.timer.C:
+			default:
+			}
+		}
 		cl.q = nil
 		callPool.Put(cl)
 	}()
@@ -279,8 +293,10 @@ func (p *Pool) Exchange(ctx context.Context, q *Query) (*dns.Msg, error) {
 		switch {
 		case err == nil:
 			return a, nil
-		case ctx.Err() != nil:
+		case ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded):
 			return nil, err
+		case !time.Now().Before(deadline):
+			return nil, context.DeadlineExceeded
 		case errors.Is(err, ErrBadAnswer):
 			if cl.bad++; cl.bad > maxBadAnswers {
 				return nil, err
@@ -365,6 +381,8 @@ func (p *Pool) await(ctx context.Context, cl *call, notBefore time.Time) (*conn,
 		case <-wake:
 		case <-ctx.Done():
 			return nil, ctx.Err()
+		case <-cl.timer.C:
+			return nil, context.DeadlineExceeded
 		}
 		p.mu.Lock()
 	}

@@ -58,16 +58,49 @@ func exchangePadded(t *testing.T, p *Pool, m *dns.Msg) (*dns.Msg, error) {
 		t.Fatal(err)
 	}
 	defer q.Release()
-	return p.Exchange(t.Context(), q)
+	return p.Exchange(t.Context(), q, time.Time{})
 }
 
+// exchange asks p for name with a deadline timeout from now, as ServeDNS does:
+// a context with none, and the deadline as a time.
 func exchange(t testing.TB, p *Pool, name string, timeout time.Duration) (*dns.Msg, error) {
 	t.Helper()
 	q := query(t, name, dns.TypeA)
 	defer q.Release()
-	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	return p.Exchange(context.Background(), q, time.Now().Add(timeout))
+}
+
+func TestContextEndsExchange(t *testing.T) {
+	srv, arrived, release := holdingServer(t)
+	defer close(release)
+	p := newPool(t, srv, func(c *Config) { c.Timeout = time.Minute })
+	q := query(t, "hold.example.org", dns.TypeA)
+	defer q.Release()
+
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
 	defer cancel()
-	return p.Exchange(ctx, q)
+	if _, err := p.Exchange(ctx, q, time.Time{}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("with the context's deadline: got %v, want context.DeadlineExceeded", err)
+	}
+	<-arrived
+	ctx, cancel = context.WithCancel(context.Background())
+	go func() { <-arrived; cancel() }()
+	if _, err := p.Exchange(ctx, q, time.Now().Add(time.Minute)); !errors.Is(err, context.Canceled) {
+		t.Errorf("cancelled: got %v, want context.Canceled", err)
+	}
+}
+
+// TestDeadlineTimersAreReused checks that a query never inherits the timer of
+// one before it: queries whose deadline passes, or passes as the answer
+// arrives, alternate with patient ones, which must all be answered.
+func TestDeadlineTimersAreReused(t *testing.T) {
+	p := newPool(t, dottest.New(t, dottest.Options{}), nil)
+	for i := range 500 {
+		exchange(t, p, fmt.Sprintf("hasty%d.example.org", i), time.Duration(i%16)*25*time.Microsecond)
+		if _, err := exchange(t, p, fmt.Sprintf("patient%d.example.org", i), 10*time.Second); err != nil {
+			t.Fatalf("patient query %d after a hasty one: %v", i, err)
+		}
+	}
 }
 
 func TestExchange(t *testing.T) {
@@ -84,7 +117,7 @@ func TestExchange(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q.Release()
-	a, err := p.Exchange(context.Background(), q)
+	a, err := p.Exchange(context.Background(), q, time.Time{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -471,7 +504,7 @@ func TestLargeQuery(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer q.Release()
-	if _, err := p.Exchange(context.Background(), q); err != nil {
+	if _, err := p.Exchange(context.Background(), q, time.Time{}); err != nil {
 		t.Fatal(err)
 	}
 }

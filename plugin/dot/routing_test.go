@@ -281,7 +281,7 @@ func route(t *testing.T, cfgs routingTLS, script []byte, late int, hold bool, ba
 			start := time.Now()
 			ctx, cancel := context.WithTimeout(context.Background(), r.deadline)
 			defer cancel()
-			a, err := p.Exchange(ctx, q)
+			a, err := p.Exchange(ctx, q, time.Time{})
 			results[i] = result{a, err, time.Since(start)}
 		}()
 		select { // the next query only once this one has its ID

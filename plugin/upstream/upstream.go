@@ -150,13 +150,14 @@ func (u *Upstream) Down() bool {
 	return u.cfg.MaxFails > 0 && u.fails.Load() >= u.cfg.MaxFails
 }
 
-// Exchange sends q over the upstream's pool and records the outcome. Short
-// says that ctx gives the upstream less than its patience (a share of the
-// query's deadline, or read_timeout): running out of it then says nothing
-// against the upstream.
-func (u *Upstream) Exchange(ctx context.Context, q *dot.Query, short bool) (*dns.Msg, error) {
+// Exchange sends q over the upstream's pool and records the outcome. It
+// gives up when ctx is done or the deadline passes (see dot.Pool.Exchange).
+// Short says that the deadline gives the upstream less than its patience (a
+// share of the query's time, or read_timeout): running out of it then says
+// nothing against the upstream.
+func (u *Upstream) Exchange(ctx context.Context, q *dot.Query, deadline time.Time, short bool) (*dns.Msg, error) {
 	start := time.Now()
-	a, err := u.pool.Exchange(ctx, q)
+	a, err := u.pool.Exchange(ctx, q, deadline)
 	took := time.Since(start)
 	switch {
 	case err == nil:
@@ -262,7 +263,7 @@ func (u *Upstream) Probe() error {
 	defer cancel()
 	u.pool.Retry()
 	start := time.Now()
-	_, err = u.pool.Exchange(ctx, q)
+	_, err = u.pool.Exchange(ctx, q, time.Time{}) // ctx's deadline
 	switch {
 	case errors.Is(err, dot.ErrClosed):
 		return err // shut down: no verdict, and nothing to report

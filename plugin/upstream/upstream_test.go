@@ -140,7 +140,7 @@ func exchange(u *Upstream) error {
 	defer q.Release()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, err = u.Exchange(ctx, q, false)
+	_, err = u.Exchange(ctx, q, time.Time{}, false)
 	return err
 }
 
