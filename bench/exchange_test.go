@@ -29,6 +29,26 @@ func BenchmarkExchange(b *testing.B) {
 	exchangeInParallel(b, p, m, 32)
 }
 
+// BenchmarkLoneQuery measures one query at a time through a pool to an
+// in-process upstream on loopback: the round trip of a query at light load,
+// where nothing else is in flight to share a write or a wake-up with.
+func BenchmarkLoneQuery(b *testing.B) {
+	m, srv := preparedUpstream(b, 0)
+	p := benchPool(srv, 0)
+	defer p.Close()
+	b.ReportAllocs()
+	for b.Loop() {
+		q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := p.Exchange(context.Background(), q, time.Now().Add(2*time.Second)); err != nil {
+			b.Fatal(err)
+		}
+		q.Release()
+	}
+}
+
 // BenchmarkQueuedUpstream shows what spreading queries over connections is
 // worth against an upstream that works on each connection's queries one at a
 // time, as CoreDNS and every miekg/dns server do: each answer takes a
