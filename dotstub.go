@@ -158,11 +158,10 @@ const (
 // route says where r is answered: by the next plugin (a name outside from, or
 // under except), here (a private name, see private.go), or upstream.
 func (d *Dotstub) route(r *dns.Msg) int {
-	state := request.Request{Req: r}
-	if !d.match(state) {
+	if (d.from != "." || len(d.ignored) > 0) && !d.match(request.Request{Req: r}) { // "." with no except takes every name
 		return toNext
 	}
-	if d.private && privateZone(state.Name()) != "" {
+	if d.private && len(r.Question) > 0 && privateZone(r.Question[0].Name) != "" { // it folds case itself
 		return toPrivate
 	}
 	return toUpstream
