@@ -35,7 +35,7 @@ func main() {
 	bin := flag.String("bin", "bench/out", "directory holding coredns, relay and dotupstream")
 	rounds := flag.Int("rounds", 3, "rounds; each runs every peer once per scenario")
 	dur := flag.Duration("duration", 8*time.Second, "length of one dnsperf run")
-	only := flag.String("peers", "", "comma-separated peers to run (default all)")
+	only := flag.String("peers", "", "comma-separated peers to run (default all): a peer's whole name picks that peer, a part of names every peer whose name holds it")
 	scen := flag.String("scenarios", "", "scenarios to run, by words of their names separated by '/' (default all)")
 	out := flag.String("out", "", "write the markdown tables to this file too")
 	ups := flag.String("upstreams", "coredns,pipelining", "upstreams to run every scenario against, in turn: coredns, pipelining")
@@ -180,10 +180,17 @@ func names(ps []peer) []string {
 }
 
 func filter[T any](xs []T, keep []string, name func(T) string) []T {
+	exact := make(map[string]bool) // words that are a whole name match that name only
+	for _, k := range keep {
+		for _, x := range xs {
+			exact[strings.TrimSpace(k)] = exact[strings.TrimSpace(k)] || name(x) == strings.TrimSpace(k)
+		}
+	}
 	var out []T
 	for _, x := range xs {
 		for _, k := range keep {
-			if strings.Contains(name(x), strings.TrimSpace(k)) {
+			k = strings.TrimSpace(k)
+			if name(x) == k || !exact[k] && strings.Contains(name(x), k) {
 				out = append(out, x)
 				break
 			}

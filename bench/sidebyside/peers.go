@@ -54,6 +54,39 @@ var peers = []peer{
     }
 }
 `},
+	// dotstub and forward behind plugins that a cluster's Corefile puts
+	// ahead of its forwarder in the chain (errors, prometheus, loadbalance;
+	// not cache, which would answer the benchmark's repeated names itself):
+	// each adds its frame to the stack of CoreDNS's per-query goroutine.
+	{name: "dotstub chained", file: "Corefile.dotstub-chained", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
+    bind 127.0.0.1
+    multisocket 2
+{{- if .Pprof}}
+    pprof {{.Pprof}}
+{{- end}}
+    errors
+    prometheus 127.0.0.1:9253
+    loadbalance
+    dotstub . tls://{{.UpHost}}%dns.test:{{.UpPort}} {
+        tls {{.Dir}}/ca.pem
+    }
+}
+`},
+	{name: "forward chained", file: "Corefile.forward-chained", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
+    bind 127.0.0.1
+    multisocket 2
+{{- if .Pprof}}
+    pprof {{.Pprof}}
+{{- end}}
+    errors
+    prometheus 127.0.0.1:9253
+    loadbalance
+    forward . tls://{{.Upstream}} {
+        tls {{.Dir}}/ca.pem
+        tls_servername dns.test
+    }
+}
+`},
 	// Not a forwarder: CoreDNS answering from the zone itself, on the same
 	// server path as dotstub and forward. Its CPU per query is the floor
 	// under any CoreDNS plugin.
