@@ -192,7 +192,7 @@ func (d *Dotstub) serveUpstream(ctx context.Context, w dns.ResponseWriter, r *dn
 	defer q.Release()
 
 	// The query's deadline goes down as a time, not a context: the pool waits
-	// on a timer it keeps, sparing each query a context's four allocations.
+	// on a timer it keeps, sparing each query a context's five allocations.
 	deadline := time.Now().Add(d.timeout)
 	if dl, ok := ctx.Deadline(); ok && dl.Before(deadline) {
 		deadline = dl
@@ -247,10 +247,10 @@ func (d *Dotstub) candidates(dst []*upstream.Upstream) []*upstream.Upstream {
 	return d.policy.List(dst[:0], d.upstreams)
 }
 
-// resolve asks the upstreams in turn until one answers, until ctx is done or
-// the deadline passes. Each but
-// the last gets its patience (see upstream.Patience), and never more than an
-// equal share of the time left, so that one that hangs does not take it all.
+// resolve asks the upstreams in turn until one answers, ctx is done or the
+// deadline passes. Each but the last gets its patience (see
+// upstream.Patience), and never more than an equal share of the time left,
+// so that one that hangs does not take it all.
 // An answer whose RCODE is listed by failover is kept, and returned only when
 // no later upstream does better. It returns the upstream whose answer it
 // returns, or the last one asked, and adds to failed why each one failed.

@@ -230,9 +230,10 @@ func (c *conn) drainLocked() {
 }
 
 // roundTrip writes cl, entered by tryAdd, and waits for its answer until ctx
-// ends or cl's timer fires (context.DeadlineExceeded). A caller that gives up leaves its ID taken (see abandoned); if the
-// connection has been silent for stallAfter since cl left, or more than
-// maxGaveUp of its queries have been given up on, it is replaced.
+// ends or cl's timer fires (context.DeadlineExceeded). A caller that gives
+// up leaves its ID taken (see abandoned); if the connection has been silent
+// for stallAfter since cl left, or more than maxGaveUp of its queries have
+// been given up on, it is replaced.
 func (c *conn) roundTrip(ctx context.Context, cl *call, stallAfter time.Duration, maxGaveUp int) (*dns.Msg, error) {
 	c.write(cl) // a failed write fails c, which completes cl
 	var err error

@@ -257,7 +257,7 @@ func (p *Pool) Stats() Stats {
 // first (context.DeadlineExceeded). A zero deadline is ctx's, or else the
 // pool's Timeout from now. The deadline is a time rather than a context of
 // its own so that a query waits on a timer kept with its call: a context
-// with a deadline costs four allocations.
+// with a deadline costs five allocations.
 func (p *Pool) Exchange(ctx context.Context, q *Query, deadline time.Time) (*dns.Msg, error) {
 	if deadline.IsZero() {
 		var ok bool
