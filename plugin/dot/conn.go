@@ -249,8 +249,10 @@ func (c *conn) roundTrip(ctx context.Context, cl *call, stallAfter time.Duration
 	c.mu.Lock()
 	if c.calls[id] != cl { // completed meanwhile: the result is on its way
 		c.mu.Unlock()
-		r := <-cl.ch
-		return r.msg, r.err
+		if r := <-cl.ch; r.err == nil {
+			return r.msg, nil // answered as we gave up: take it
+		}
+		return nil, err // failed too: the caller is gone all the same
 	}
 	c.calls[id] = abandoned
 	c.gaveUp++

@@ -265,10 +265,14 @@ func (p *Pool) Exchange(ctx context.Context, q *Query, deadline time.Time) (*dns
 			deadline = time.Now().Add(p.cfg.Timeout)
 		}
 	}
+	left := time.Until(deadline)
+	if left <= 0 { // never send a query nobody waits for
+		return nil, context.DeadlineExceeded
+	}
 	cl := callPool.Get().(*call)
 	cl.q, cl.bad = q, 0
 	cl.wbuf = append(cl.wbuf[:0], q.frame...)
-	cl.timer.Reset(time.Until(deadline))
+	cl.timer.Reset(left)
 	defer func() { // every path below leaves cl out of any table with ch drained
 		if !cl.timer.Stop() {
 			select { // a fire not received: only with asynctimerchan=1 (go.mod before 1.23)
@@ -293,10 +297,8 @@ func (p *Pool) Exchange(ctx context.Context, q *Query, deadline time.Time) (*dns
 		switch {
 		case err == nil:
 			return a, nil
-		case ctx.Err() != nil, errors.Is(err, context.DeadlineExceeded):
+		case ctx.Err() != nil, !time.Now().Before(deadline):
 			return nil, err
-		case !time.Now().Before(deadline):
-			return nil, context.DeadlineExceeded
 		case errors.Is(err, ErrBadAnswer):
 			if cl.bad++; cl.bad > maxBadAnswers {
 				return nil, err
@@ -351,6 +353,12 @@ func (p *Pool) await(ctx context.Context, cl *call, notBefore time.Time) (*conn,
 		if err := ctx.Err(); err != nil {
 			p.mu.Unlock()
 			return nil, err
+		}
+		select { // the deadline passed while this waiter was being woken
+		case <-cl.timer.C:
+			p.mu.Unlock()
+			return nil, context.DeadlineExceeded
+		default:
 		}
 		if c, more := p.pick(cl, notBefore); c != nil {
 			if more && p.canDialLocked() {

@@ -90,6 +90,27 @@ func TestContextEndsExchange(t *testing.T) {
 	}
 }
 
+// TestExpiredQueryIsNeverSent: a query whose deadline has passed is not
+// written, even with a slot free for it.
+func TestExpiredQueryIsNeverSent(t *testing.T) {
+	srv := dottest.New(t, dottest.Options{})
+	p := newPool(t, srv, nil)
+	if _, err := exchange(t, p, "warm.example.org", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := exchange(t, p, "late.example.org", -time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v, want context.DeadlineExceeded", err)
+	}
+	// The server counts each query as it reads it, in order on the
+	// connection: once the next query is answered, a late one would be counted.
+	if _, err := exchange(t, p, "next.example.org", 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if n, conns := srv.Queries(), srv.Accepted(); n != 2 || conns != 1 {
+		t.Errorf("the upstream read %d queries over %d connections, want 2 over 1: the expired one was sent", n, conns)
+	}
+}
+
 // TestDeadlineTimersAreReused checks that a query never inherits the timer of
 // one before it: queries whose deadline passes, or passes as the answer
 // arrives, alternate with patient ones, which must all be answered.
