@@ -38,14 +38,7 @@ func BenchmarkLoneQuery(b *testing.B) {
 	defer p.Close()
 	b.ReportAllocs()
 	for b.Loop() {
-		q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
-		if err != nil {
-			b.Fatal(err)
-		}
-		if _, err := p.Exchange(context.Background(), q, time.Now().Add(2*time.Second)); err != nil {
-			b.Fatal(err)
-		}
-		q.Release()
+		exchangeOnce(b, p, m)
 	}
 }
 
@@ -101,20 +94,25 @@ func benchPool(srv *dottest.Server, maxConns int) *dot.Pool {
 }
 
 // exchangeInParallel sends m over p b.N times from parallelism goroutines
-// per core, each packing its query afresh and giving it a deadline, as
-// ServeDNS does.
+// per core.
 func exchangeInParallel(b *testing.B, p *dot.Pool, m *dns.Msg, parallelism int) {
 	b.SetParallelism(parallelism)
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
-			if err != nil {
-				b.Fatal(err)
-			}
-			if _, err := p.Exchange(context.Background(), q, time.Now().Add(2*time.Second)); err != nil {
-				b.Fatal(err)
-			}
-			q.Release()
+			exchangeOnce(b, p, m)
 		}
 	})
+}
+
+// exchangeOnce sends m over p as ServeDNS does: packed afresh, with a
+// deadline.
+func exchangeOnce(b *testing.B, p *dot.Pool, m *dns.Msg) {
+	q, err := dot.NewQuery(m, dot.Privacy{PadBlock: dot.DefaultPadBlock})
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := p.Exchange(context.Background(), q, time.Now().Add(2*time.Second)); err != nil {
+		b.Fatal(err)
+	}
+	q.Release()
 }

@@ -31,74 +31,18 @@ type conf struct {
 }
 
 var peers = []peer{
-	{name: "dotstub", file: "Corefile.dotstub", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
-    bind 127.0.0.1
-    multisocket 2
-{{- if .Pprof}}
-    pprof {{.Pprof}}
-{{- end}}
-    dotstub . tls://{{.UpHost}}%dns.test:{{.UpPort}} {
-        tls {{.Dir}}/ca.pem
-    }
-}
-`},
-	{name: "forward", file: "Corefile.forward", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
-    bind 127.0.0.1
-    multisocket 2
-{{- if .Pprof}}
-    pprof {{.Pprof}}
-{{- end}}
-    forward . tls://{{.Upstream}} {
-        tls {{.Dir}}/ca.pem
-        tls_servername dns.test
-    }
-}
-`},
+	{name: "dotstub", file: "Corefile.dotstub", cmd: corednsCmd, conf: corefile(dotstubStanza)},
+	{name: "forward", file: "Corefile.forward", cmd: corednsCmd, conf: corefile(forwardStanza)},
 	// dotstub and forward behind plugins that a cluster's Corefile puts
 	// ahead of its forwarder in the chain (errors, prometheus, loadbalance;
 	// not cache, which would answer the benchmark's repeated names itself):
 	// each adds its frame to the stack of CoreDNS's per-query goroutine.
-	{name: "dotstub chained", file: "Corefile.dotstub-chained", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
-    bind 127.0.0.1
-    multisocket 2
-{{- if .Pprof}}
-    pprof {{.Pprof}}
-{{- end}}
-    errors
-    prometheus 127.0.0.1:9253
-    loadbalance
-    dotstub . tls://{{.UpHost}}%dns.test:{{.UpPort}} {
-        tls {{.Dir}}/ca.pem
-    }
-}
-`},
-	{name: "forward chained", file: "Corefile.forward-chained", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
-    bind 127.0.0.1
-    multisocket 2
-{{- if .Pprof}}
-    pprof {{.Pprof}}
-{{- end}}
-    errors
-    prometheus 127.0.0.1:9253
-    loadbalance
-    forward . tls://{{.Upstream}} {
-        tls {{.Dir}}/ca.pem
-        tls_servername dns.test
-    }
-}
-`},
+	{name: "dotstub chained", file: "Corefile.dotstub-chained", cmd: corednsCmd, conf: corefile(clusterChain + dotstubStanza)},
+	{name: "forward chained", file: "Corefile.forward-chained", cmd: corednsCmd, conf: corefile(clusterChain + forwardStanza)},
 	// Not a forwarder: CoreDNS answering from the zone itself, on the same
 	// server path as dotstub and forward. Its CPU per query is the floor
 	// under any CoreDNS plugin.
-	{name: "CoreDNS file (no upstream)", file: "Corefile.floor", cmd: []string{"{{bin}}/coredns", "-conf", "{{conf}}"}, conf: `.:{{.Port}} {
-    bind 127.0.0.1
-    multisocket 2
-{{- if .Pprof}}
-    pprof {{.Pprof}}
-{{- end}}
-    file {{.Dir}}/zone.db bench.test
-}
-`},
+	{name: "CoreDNS file (no upstream)", file: "Corefile.floor", cmd: corednsCmd, conf: corefile("    file {{.Dir}}/zone.db bench.test\n")},
 	{name: "unbound", file: "unbound.conf", pkg: "unbound", cmd: []string{"unbound", "-d", "-c", "{{conf}}"}, conf: `server:
     interface: 127.0.0.1@{{.Port}}
     port: {{.Port}}
@@ -244,5 +188,36 @@ func writeZone(dir string, n int) error {
 	return os.WriteFile(filepath.Join(dir, "queries.txt"), []byte(queries.String()), 0o644)
 }
 
+// The CoreDNS peers: this build, each with a Corefile of one server block.
+var corednsCmd = []string{"{{bin}}/coredns", "-conf", "{{conf}}"}
+
+// corefile returns the Corefile template of a CoreDNS peer: the server block
+// they all share (and pprof, with -profile), holding plugins.
+func corefile(plugins string) string {
+	return `.:{{.Port}} {
+    bind 127.0.0.1
+    multisocket 2
+{{- if .Pprof}}
+    pprof {{.Pprof}}
+{{- end}}
+` + plugins + "}\n"
+}
+
+const (
+	dotstubStanza = `    dotstub . tls://{{.UpHost}}%dns.test:{{.UpPort}} {
+        tls {{.Dir}}/ca.pem
+    }
+`
+	forwardStanza = `    forward . tls://{{.Upstream}} {
+        tls {{.Dir}}/ca.pem
+        tls_servername dns.test
+    }
+`
+	clusterChain = `    errors
+    prometheus 127.0.0.1:9253
+    loadbalance
+`
+)
+
 // coredns reports whether p is a CoreDNS build, which can serve pprof.
-func (p peer) coredns() bool { return len(p.cmd) > 0 && p.cmd[0] == "{{bin}}/coredns" }
+func (p peer) coredns() bool { return len(p.cmd) > 0 && p.cmd[0] == corednsCmd[0] }
